@@ -1,0 +1,387 @@
+"""The command line: parses arguments and calls one function per command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from camscope import __version__
+from camscope.errors import CamscopeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train image classifiers, measure them honestly, show why they decide.",
+)
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+SourceArg = Annotated[
+    str,
+    typer.Argument(
+        help="folder, zip, CSV (or 'archive.zip!/path.csv'), 'cifar10[:PATH]' or 'synthetic[:n=..,seed=..]'"
+    ),
+]
+ImageCol = Annotated[
+    list[str] | None,
+    typer.Option("--image-col", help="CSV column with an image path (give twice for two sides)"),
+]
+Pattern = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--pattern",
+        help="file name from the row number, e.g. 'images/heads{row:05d}.jpg' (twice for two sides)",
+    ),
+]
+SideName = Annotated[list[str] | None, typer.Option("--side-name", help="names of the sides")]
+LabelCol = Annotated[str | None, typer.Option("--label-col", help="CSV column holding the label")]
+LabelFrom = Annotated[str | None, typer.Option("--label-from", help="CSV text column the label rule reads")]
+LabelRegex = Annotated[str | None, typer.Option("--label-regex", help="regex with one capture group")]
+IdCol = Annotated[str | None, typer.Option("--id-col", help="CSV column with a unique id")]
+DataRoot = Annotated[str | None, typer.Option("--data-root", help="folder the CSV paths are relative to")]
+Delimiter = Annotated[str | None, typer.Option("--delimiter", help="CSV delimiter (sniffed by default)")]
+Download = Annotated[bool, typer.Option("--download", help="download CIFAR-10 when it is not cached")]
+Workers = Annotated[int, typer.Option("--workers", help="processes (0: one per core)")]
+
+
+def _source(
+    arg,
+    image_col,
+    pattern,
+    side_name,
+    label_col,
+    label_from,
+    label_regex,
+    id_col,
+    data_root,
+    delimiter,
+    download,
+):
+    from camscope.data.spec import open_source, parse_source_arg
+
+    try:
+        spec = parse_source_arg(
+            arg,
+            image_cols=image_col or [],
+            patterns=pattern or [],
+            side_names=side_name,
+            label_col=label_col,
+            label_from=label_from,
+            label_regex=label_regex,
+            id_col=id_col,
+            data_root=data_root,
+            delimiter=delimiter,
+            download=download,
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise CamscopeError(f"bad source option {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return open_source(spec)
+
+
+def _run(fn):
+    """Call ``fn`` and turn user errors into one clear message and exit code 2."""
+    try:
+        return fn()
+    except CamscopeError as e:
+        err.print(f"[bold red]error:[/] {e.message}")
+        if e.hint:
+            err.print(f"[yellow]hint:[/] {e.hint}")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]: finished artifacts were written atomically and are intact")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def audit(
+    source: SourceArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for audit.json")],
+    image_col: ImageCol = None,
+    pattern: Pattern = None,
+    side_name: SideName = None,
+    label_col: LabelCol = None,
+    label_from: LabelFrom = None,
+    label_regex: LabelRegex = None,
+    id_col: IdCol = None,
+    data_root: DataRoot = None,
+    delimiter: Delimiter = None,
+    download: Download = False,
+    no_near: Annotated[
+        bool, typer.Option("--no-near-duplicates", help="skip the near-duplicate search")
+    ] = False,
+    workers: Workers = 0,
+):
+    """Find broken files, missing sides, bad labels, duplicates and near-duplicates; write audit.json."""
+
+    def go():
+        from camscope.data.audit import AuditConfig, write_audit
+        from camscope.data.audit import audit as run_audit
+
+        src = _source(
+            source,
+            image_col,
+            pattern,
+            side_name,
+            label_col,
+            label_from,
+            label_regex,
+            id_col,
+            data_root,
+            delimiter,
+            download,
+        )
+        report = run_audit(src, AuditConfig(near_duplicates=not no_near, workers=workers))
+        path = write_audit(report, out)
+        print_audit(report)
+        console.print(f"audit written to [bold]{path}[/]")
+
+    _run(go)
+
+
+def print_audit(report: dict) -> None:
+    from camscope.data.audit import PROBLEM_KINDS
+
+    t = Table(title=f"audit of {report['source']['description']}")
+    t.add_column("finding")
+    t.add_column("count", justify="right")
+    t.add_column("meaning")
+    t.add_row(
+        "items", str(report["n_items"]), f"{report['n_images']} images, {report['n_readable']} readable"
+    )
+    t.add_row(
+        "classes",
+        str(len(report["class_counts"])),
+        ", ".join(f"{k} {v}" for k, v in list(report["class_counts"].items())[:8])
+        + (" ..." if len(report["class_counts"]) > 8 else ""),
+    )
+    for kind, n in report["problem_counts"].items():
+        t.add_row(kind, str(n), PROBLEM_KINDS.get(kind, ""))
+    t.add_row("exact duplicate groups", str(len(report["exact_duplicate_groups"])), "")
+    t.add_row("near-duplicate groups", str(len(report["near_duplicate_groups"])), "")
+    console.print(t)
+    console.print(f"took {report['timing_s']['total']:.1f} s")
+
+
+@app.command()
+def prepare(
+    source: SourceArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="prepared dataset file (.safetensors)")],
+    size: Annotated[int, typer.Option(help="side of each image in pixels")] = 64,
+    policy: Annotated[str, typer.Option(help="pad | crop | stretch")] = "pad",
+    channels: Annotated[int, typer.Option(help="3 (RGB) or 1 (grayscale)")] = 3,
+    combine: Annotated[str, typer.Option(help="two sides: side_by_side | channels")] = "side_by_side",
+    audit_path: Annotated[
+        Path | None, typer.Option("--audit", help="audit.json: leave out items whose files it found broken")
+    ] = None,
+    image_col: ImageCol = None,
+    pattern: Pattern = None,
+    side_name: SideName = None,
+    label_col: LabelCol = None,
+    label_from: LabelFrom = None,
+    label_regex: LabelRegex = None,
+    id_col: IdCol = None,
+    data_root: DataRoot = None,
+    delimiter: Delimiter = None,
+    download: Download = False,
+    workers: Workers = 0,
+):
+    """Decode every image once into a uint8 tensor file with labels, ids and provenance."""
+
+    def go():
+        from camscope.data.audit import load_audit
+        from camscope.data.prepare import PrepareConfig, save_prepared
+        from camscope.data.prepare import prepare as run_prepare
+
+        src = _source(
+            source,
+            image_col,
+            pattern,
+            side_name,
+            label_col,
+            label_from,
+            label_regex,
+            id_col,
+            data_root,
+            delimiter,
+            download,
+        )
+        exclude = {}
+        if audit_path is not None:
+            for p in load_audit(audit_path)["problems"]:
+                if p["kind"] in BAD_FILE_KINDS:
+                    for i in p["item_ids"]:
+                        exclude.setdefault(i, f"{p['kind']} (audit): {p['detail']}")
+        cfg = PrepareConfig(size=size, policy=policy, channels=channels, combine=combine, workers=workers)
+        ds = run_prepare(src, cfg, exclude)
+        path = save_prepared(ds, out)
+        console.print(
+            f"prepared {len(ds)} items, {len(ds.classes)} classes, images {tuple(ds.images.shape)} "
+            f"in {ds.info['timing_s']:.1f} s -> [bold]{path}[/]"
+        )
+        if ds.info["excluded"]:
+            console.print(f"[yellow]{len(ds.info['excluded'])} item(s) left out[/]:")
+            for e in ds.info["excluded"][:10]:
+                console.print(f"  {e['id']}: {e['reason']}")
+            if len(ds.info["excluded"]) > 10:
+                console.print(f"  ... and {len(ds.info['excluded']) - 10} more (see `camscope info {path}`)")
+
+    _run(go)
+
+
+BAD_FILE_KINDS = {
+    "zero_byte",
+    "not_an_image",
+    "truncated",
+    "unreadable",
+    "too_large",
+    "missing_file",
+    "missing_side",
+    "path_outside_root",
+}
+
+
+@app.command()
+def split(
+    prepared: Annotated[Path, typer.Argument(help="prepared dataset file")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder for split.csv and split.json")],
+    audit_path: Annotated[
+        Path | None, typer.Option("--audit", help="audit.json, for duplicate groups")
+    ] = None,
+    fractions: Annotated[str, typer.Option(help="train,val,test fractions")] = "0.7,0.15,0.15",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    classes: Annotated[str | None, typer.Option(help="comma-separated class names to keep")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="keep the k largest classes")] = None,
+    ranks: Annotated[str | None, typer.Option(help="keep classes by size rank, e.g. '2,3'")] = None,
+    min_count: Annotated[int | None, typer.Option("--min-count", help="keep classes with this many")] = None,
+    allow_leaks: Annotated[
+        bool, typer.Option("--allow-leaks", help="let duplicate groups straddle splits")
+    ] = False,
+    dedupe: Annotated[str, typer.Option(help="none | exact | near: keep one item per group")] = "none",
+    ignore_given: Annotated[
+        bool,
+        typer.Option("--ignore-given-splits", help="re-split even when the source has train/test folders"),
+    ] = False,
+):
+    """Stratified, group-aware, reproducible train/val/test split (left-out classes become 'unseen')."""
+
+    def go():
+        from camscope.data.audit import load_audit
+        from camscope.data.prepare import load_prepared
+        from camscope.data.selection import ClassSelection, parse_ranks
+        from camscope.data.splits import SplitConfig, make_split, write_split
+
+        try:
+            fr = tuple(float(x) for x in fractions.split(","))
+        except ValueError:
+            raise CamscopeError(
+                f"cannot read fractions {fractions!r}", "write them like 0.7,0.15,0.15"
+            ) from None
+        sel = ClassSelection(
+            names=[c.strip() for c in classes.split(",")] if classes else None,
+            top_k=top_k,
+            ranks=parse_ranks(ranks) if ranks else None,
+            min_count=min_count,
+        )
+        ds = load_prepared(prepared)
+        report = load_audit(audit_path) if audit_path else None
+        cfg = SplitConfig(
+            fractions=fr,
+            seed=seed,
+            allow_leaks=allow_leaks,
+            dedupe=dedupe,
+            respect_given=not ignore_given,
+            selection=sel,
+        )
+        result = make_split(ds, cfg, report)
+        csv_path, _ = write_split(result, out)
+        print_split(result.summary)
+        console.print(f"split written to [bold]{csv_path}[/]")
+        if report is None:
+            console.print("[yellow]no --audit given: duplicates were not kept together[/]")
+
+    _run(go)
+
+
+def print_split(s: dict) -> None:
+    t = Table(title="split")
+    t.add_column("class")
+    for name in ("train", "val", "test", "unseen", "dropped"):
+        t.add_column(name, justify="right")
+    classes = sorted({c for counts in s["counts"].values() for c in counts if c})
+    for c in classes:
+        t.add_row(c, *(str(s["counts"][k].get(c, 0)) for k in ("train", "val", "test", "unseen", "dropped")))
+    t.add_row(
+        "[bold]total", *(f"[bold]{s['totals'][k]}" for k in ("train", "val", "test", "unseen", "dropped"))
+    )
+    console.print(t)
+    console.print(
+        f"{s['duplicate_groups_kept_together']} of {s['duplicate_groups']} duplicate groups kept "
+        f"together ({s['items_in_duplicate_groups']} items); test items with a duplicate in "
+        f"training: {s['test_items_with_duplicate_in_train']}"
+    )
+
+
+@app.command()
+def info(prepared: Annotated[Path, typer.Argument(help="prepared dataset file")]):
+    """Describe a prepared dataset: shape, classes, preprocessing, excluded items."""
+
+    def go():
+        from camscope.data.prepare import load_prepared
+
+        ds = load_prepared(prepared)
+        console.print(
+            f"{len(ds)} items, images {tuple(ds.images.shape)} uint8, "
+            f"masks: {'yes' if ds.masks is not None else 'no'}"
+        )
+        console.print("classes: " + ", ".join(f"{k} ({v})" for k, v in ds.class_counts().items()))
+        console.print("source: " + ds.info["source"]["description"])
+        console.print("preprocessing: " + json.dumps(ds.info["preprocessing"]))
+        console.print(f"dataset hash: {ds.info['dataset_hash']}")
+        for e in ds.info["excluded"]:
+            console.print(f"  left out {e['id']}: {e['reason']}")
+
+    _run(go)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="folder to write the coins into")],
+    n: Annotated[int, typer.Option(help="number of coins")] = 200,
+    size: Annotated[int, typer.Option(help="pixels per side")] = 64,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    messy: Annotated[bool, typer.Option("--messy", help="plant data problems for the audit to find")] = False,
+):
+    """Write synthetic two-sided coins as JPEGs plus a CSV manifest (optionally with planted problems)."""
+
+    def go():
+        from camscope.data.messy import write_coin_dataset
+
+        manifest = write_coin_dataset(out, n=n, size=size, seed=seed, messy=messy)
+        console.print(f"wrote {n} coins to [bold]{out}[/]; manifest {manifest}")
+        console.print(
+            f"audit it: camscope audit {manifest} --pattern 'images/heads{{row:05d}}.jpg' "
+            f"--pattern 'images/tails{{row:05d}}.jpg' --label-from Obverse "
+            f"--label-regex 'Coin of (\\w+)' --out {out}/audit"
+        )
+
+    _run(go)
+
+
+@app.callback(invoke_without_command=True)
+def main(version: Annotated[bool, typer.Option("--version", help="print the version")] = False):
+    if version:
+        console.print(f"camscope {__version__}")
+        raise typer.Exit()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

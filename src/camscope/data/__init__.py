@@ -1,0 +1,1 @@
+"""Data layer: sources, audit, preparation, class selection, splits and synthetic coins."""

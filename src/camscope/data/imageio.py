@@ -1,0 +1,154 @@
+"""Safe image decoding: sizes are checked from the header before any pixel is decoded.
+
+Every failure becomes an ``ImageProblem`` with a ``kind`` the audit and prepare report, so a
+bad file is listed with its reason instead of crashing a long run.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# A header claiming more pixels than this is refused before decoding (64 megapixels).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageProblem(Exception):
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTS)
+
+
+def open_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open lazily (header only) and refuse empty, non-image and oversized files."""
+    if len(data) == 0:
+        raise ImageProblem("zero_byte", "the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        head = data[:12]
+        raise ImageProblem("not_an_image", f"not a recognised image format (starts with {head!r})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageProblem("too_large", f"refused before decoding: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any parser failure is a bad file, not a crash
+        raise ImageProblem("unreadable", f"header could not be parsed: {e}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageProblem(
+            "too_large",
+            f"header claims {w}x{h} = {w * h / 1e6:.0f} MP, above the {max_pixels / 1e6:.0f} MP limit; "
+            "refused before decoding",
+        )
+    if w < 1 or h < 1:
+        raise ImageProblem("unreadable", f"header claims an empty size {w}x{h}")
+    return img
+
+
+def _jpeg_lacks_eoi(data: bytes) -> bool:
+    return data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]
+
+
+def decode(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode to an upright RGB or L image.
+
+    ``draft`` lets JPEG decode at a reduced scale (DCT scaling) when the caller only needs about
+    that many pixels: a large photo then costs a fraction of a full decode.
+    """
+    img = open_header(data, max_pixels)
+    fmt = img.format
+    if draft is not None and fmt == "JPEG":
+        img.draft("RGB" if img.mode not in ("L", "1") else "L", draft)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except OSError as e:
+        msg = str(e)
+        if "truncated" in msg or "premature" in msg.lower() or "broken data stream" in msg:
+            raise ImageProblem("truncated", f"the file ends before the image does ({msg})") from None
+        raise ImageProblem("unreadable", f"decoding failed: {msg}") from None
+    except Exception as e:  # noqa: BLE001
+        raise ImageProblem("unreadable", f"decoding failed: {e}") from None
+    if fmt == "JPEG" and _jpeg_lacks_eoi(data):
+        raise ImageProblem("truncated", "JPEG has no end-of-image marker; the file was cut short")
+    return to_standard(img)
+
+
+def to_standard(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB or L. Transparency is composited on white."""
+    mode = img.mode
+    if mode in ("RGB", "L"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("L" if mode in ("LA", "La") else "RGB")
+    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+
+
+def is_grayscale(img: Image.Image, tolerance: int = 6) -> bool:
+    """True for L images and for RGB images whose channels are (nearly) equal."""
+    if img.mode == "L":
+        return True
+    small = np.asarray(img.resize((32, 32), Image.BILINEAR), dtype=np.int16)
+    spread = small.max(axis=2) - small.min(axis=2)
+    return float(np.percentile(spread, 99)) <= tolerance
+
+
+def fit(img: Image.Image, size: int, policy: str = "pad") -> Image.Image:
+    """Resize to ``size`` x ``size``.
+
+    ``pad`` keeps the whole image and pads the short side with the colour of the image's border
+    (a black band on a white-background photo would be a feature the model could learn);
+    ``crop`` fills the square and cuts the centre out; ``stretch`` ignores the aspect ratio.
+    """
+    w, h = img.size
+    if policy == "stretch" or w == h:
+        return img.resize((size, size), Image.BICUBIC, reducing_gap=3.0) if (w, h) != (size, size) else img
+    if policy == "crop":
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return img.crop((left, top, left + size, top + size))
+    if policy == "pad":
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        canvas = Image.new(img.mode, (size, size), border_colour(img))
+        canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
+        return canvas
+    raise ValueError(f"unknown resize policy {policy!r}; use 'pad', 'crop' or 'stretch'")
+
+
+def border_colour(img: Image.Image) -> int | tuple[int, ...]:
+    arr = np.asarray(img)
+    edge = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]], axis=0)
+    med = np.median(edge, axis=0)
+    return int(med) if arr.ndim == 2 else tuple(int(v) for v in med)

@@ -1,0 +1,485 @@
+"""Sources: where items come from, all behind one interface.
+
+A source lists ``Item``s cheaply (no decoding) and fetches the bytes or pixels of each side on
+demand. Problems found while listing (a missing file, a path that leaves the data root, a label
+that does not parse) are collected in ``source.problems`` rather than raised, so one bad row
+never stops a run.
+
+Iterating a source yields ``Sample(id, image, label, meta)`` where ``image`` is one decoded PIL
+image, or a tuple of them for two-sided objects (None for a side that is missing).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from camscope.data.imageio import DEFAULT_MAX_PIXELS, ImageProblem, decode, is_image_name
+from camscope.data.store import PathOutsideRoot, Store, normalise_relpath, open_store
+from camscope.errors import CamscopeError
+
+SPLIT_DIR_NAMES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
+EMPTY_LABELS = {"", "nan", "none", "null", "na", "n/a"}
+
+
+def safe_text(s: str) -> str:
+    """Make a file name that was not valid UTF-8 printable and JSON-safe (\\xNN escapes)."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str
+    key: str | None  # path relative to the source root, or a virtual key; None when absent
+
+    @property
+    def display(self) -> str:
+        return safe_text(self.key) if self.key is not None else f"<no {self.name}>"
+
+
+@dataclass
+class Item:
+    id: str
+    label: str | None
+    sides: tuple[Side, ...]
+    split: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Problem:
+    kind: str
+    paths: list[str]
+    detail: str
+    item_ids: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "paths": self.paths,
+            "detail": self.detail,
+            "item_ids": self.item_ids,
+        }
+
+
+@dataclass
+class Sample:
+    id: str
+    image: Image.Image | tuple[Image.Image | None, ...] | None
+    label: str | None
+    meta: dict[str, Any]
+
+
+class Source:
+    """Base class. Subclasses fill ``items`` and ``problems`` and implement ``fetch``."""
+
+    kind: str = "source"
+    description: str = ""
+    side_names: tuple[str, ...] = ("image",)
+    in_memory: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.problems: list[Problem] = []
+
+    @property
+    def two_sided(self) -> bool:
+        return len(self.side_names) > 1
+
+    def fetch(self, key: str) -> bytes | np.ndarray:
+        raise NotImplementedError
+
+    def load(self, key: str, draft: tuple[int, int] | None = None) -> Image.Image:
+        """Decode one side; raises ImageProblem for a bad file."""
+        raw = self.fetch(key)
+        if isinstance(raw, np.ndarray):
+            return Image.fromarray(raw)
+        return decode(raw, self.max_pixels, draft)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for item in self.items:
+            images = []
+            for side in item.sides:
+                try:
+                    images.append(self.load(side.key) if side.key is not None else None)
+                except (ImageProblem, OSError):
+                    images.append(None)
+            image = images[0] if len(images) == 1 else tuple(images)
+            yield Sample(item.id, image, item.label, item.meta)
+
+    def class_names(self) -> list[str]:
+        return sorted({it.label for it in self.items if it.label is not None})
+
+
+# --------------------------------------------------------------------------- folder tree
+
+
+class FolderSource(Source):
+    """``root/<class>/*.jpg``, or ``root/{train,val,test}/<class>/*.jpg`` whose splits are kept."""
+
+    kind = "folder"
+
+    def __init__(self, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, prefix: str = ""):
+        super().__init__()
+        self.store: Store = open_store(path, prefix)
+        self.description = self.store.description
+        self.max_pixels = max_pixels
+        files = self.store.list_files()
+        if not files:
+            raise CamscopeError(
+                f"no files found under {self.description}",
+                "point at a folder with one sub-folder per class",
+            )
+        tops = {f.split("/", 1)[0] for f in files if "/" in f}
+        has_splits = bool(tops) and tops <= set(SPLIT_DIR_NAMES)
+        depth = 2 if has_splits else 1
+        class_dirs: dict[str, int] = {}
+        for rel in files:
+            parts = rel.split("/")
+            if len(parts) <= depth:
+                self.problems.append(
+                    Problem("stray_file", [safe_text(rel)], "file outside any class folder; ignored")
+                )
+                continue
+            split = SPLIT_DIR_NAMES[parts[0]] if has_splits else None
+            label = parts[depth - 1]
+            class_dirs.setdefault(label, 0)
+            if not is_image_name(rel):
+                self.problems.append(
+                    Problem(
+                        "not_an_image_file",
+                        [safe_text(rel)],
+                        "file name has no image extension; ignored",
+                    )
+                )
+                continue
+            class_dirs[label] += 1
+            item_id = safe_text(rel.rsplit(".", 1)[0])
+            if item_id != rel.rsplit(".", 1)[0]:
+                self.problems.append(
+                    Problem(
+                        "non_utf8_name",
+                        [safe_text(rel)],
+                        "file name is not valid UTF-8; kept under an escaped id",
+                        [item_id],
+                    )
+                )
+            self.items.append(Item(item_id, safe_text(label), (Side("image", rel),), split))
+        for label, n in sorted(class_dirs.items()):
+            if n == 0:
+                self.problems.append(
+                    Problem(
+                        "empty_class",
+                        [safe_text(label)],
+                        f"class folder {safe_text(label)!r} holds no images",
+                    )
+                )
+        if has_splits:
+            self.description += " (split folders: " + ", ".join(sorted(tops)) + ")"
+
+    def fetch(self, key: str) -> bytes:
+        return self.store.read_bytes(key)
+
+
+# --------------------------------------------------------------------------- CSV manifest
+
+
+def _close(name: str, options: list[str]) -> str:
+    near = difflib.get_close_matches(name, options, n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def _read_csv_text(raw: bytes, where: str) -> tuple[str, str | None]:
+    try:
+        return raw.decode("utf-8-sig"), None
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace"), f"{where} is not valid UTF-8; read as Windows-1252"
+
+
+def _sniff_delimiter(text: str) -> str:
+    sample = text[:65536]
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
+class CsvSource(Source):
+    """Rows of a CSV manifest.
+
+    Images come from path columns (``image_cols``, relative to ``data_root``) or from file-name
+    patterns keyed by the 1-based data-row number (``patterns``, e.g. ``images/heads{row:05d}.jpg``).
+    Labels come from ``label_col`` or from ``label_regex`` (one capture group) applied to
+    ``label_from``.
+    """
+
+    kind = "csv"
+
+    def __init__(
+        self,
+        csv_path: str | Path,
+        *,
+        data_root: str | Path | None = None,
+        image_cols: list[str] | None = None,
+        patterns: list[str] | None = None,
+        side_names: list[str] | None = None,
+        label_col: str | None = None,
+        label_from: str | None = None,
+        label_regex: str | None = None,
+        id_col: str | None = None,
+        delimiter: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        super().__init__()
+        self.max_pixels = max_pixels
+        image_cols = list(image_cols or [])
+        patterns = list(patterns or [])
+        if bool(image_cols) == bool(patterns):
+            raise CamscopeError(
+                "a CSV source needs image path columns or file-name patterns, not both",
+                "pass --image-col COL (once per side) or --pattern 'heads{row:05d}.jpg'",
+            )
+        n_sides = len(image_cols) or len(patterns)
+        if n_sides > 2:
+            raise CamscopeError(f"{n_sides} sides given; camscope handles one or two sides per object")
+        if side_names is None:
+            side_names = ["image"] if n_sides == 1 else ["obverse", "reverse"]
+        if len(side_names) != n_sides:
+            raise CamscopeError(f"{len(side_names)} side names for {n_sides} sides", "give one name per side")
+        self.side_names = tuple(side_names)
+        if label_col and label_regex:
+            raise CamscopeError("give either a label column or a label rule, not both")
+        if label_regex and not label_from:
+            raise CamscopeError("a label rule needs the column it applies to", "pass --label-from COLUMN")
+        rule = None
+        if label_regex:
+            try:
+                rule = re.compile(label_regex)
+            except re.error as e:
+                raise CamscopeError(
+                    f"label rule {label_regex!r} is not a valid regular expression: {e}"
+                ) from None
+            if rule.groups != 1 and "label" not in rule.groupindex:
+                raise CamscopeError(
+                    f"label rule {label_regex!r} has {rule.groups} capture groups",
+                    "use exactly one group, or name the label group (?P<label>...)",
+                )
+        for p in patterns:
+            try:
+                p.format(row=1, id="x")
+            except (KeyError, IndexError, ValueError) as e:
+                raise CamscopeError(
+                    f"file-name pattern {p!r} is not valid: {e}",
+                    "use {row} (1-based data row, e.g. {row:05d}) or {id}",
+                ) from None
+
+        # the CSV itself: a file, or a member of a zip archive ("archive.zip" + csv member name)
+        csv_path = str(csv_path)
+        if "!/" in csv_path:
+            archive, member = csv_path.split("!/", 1)
+            root_store = open_store(archive)
+            raw = root_store.read_bytes(member) if root_store.exists(member) else None
+            if raw is None:
+                raise CamscopeError(f"{member} not found in {archive}", "list the archive with `unzip -l`")
+            member_dir = member.rsplit("/", 1)[0] if "/" in member else ""
+            prefix = member_dir if data_root is None else str(data_root)
+            self.store = open_store(archive, prefix)
+            where = f"{archive}!/{member}"
+        else:
+            path = Path(csv_path)
+            if not path.is_file():
+                raise CamscopeError(f"CSV manifest {path} not found", "check the path")
+            raw = path.read_bytes()
+            self.store = open_store(data_root if data_root is not None else path.parent)
+            where = str(path)
+        self.description = f"{where} (images under {self.store.description})"
+        text, enc_warning = _read_csv_text(raw, where)
+        if enc_warning:
+            self.problems.append(Problem("csv_encoding", [where], enc_warning))
+        delim = delimiter or _sniff_delimiter(text)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+        columns = [c for c in (reader.fieldnames or [])]
+        if not columns:
+            raise CamscopeError(
+                f"{where} is empty or has no header row", "the first line must name the columns"
+            )
+        wanted = [c for c in [*image_cols, label_col, label_from, id_col] if c]
+        for c in wanted:
+            if c not in columns:
+                hint = f"available columns: {', '.join(repr(x) for x in columns)}{_close(c, columns)}"
+                if len(columns) == 1 and any(d in columns[0] for d in ";\t|,"):
+                    hint += "; the header looks like one column: pass --delimiter"
+                raise CamscopeError(f"column {c!r} is not in {where}", hint)
+
+        seen_ids: dict[str, int] = {}
+        exists_cache: dict[str, bool] = {}
+        for row_no, row in enumerate(reader, start=1):
+            if None in row:  # more fields than header names
+                row.pop(None)
+            row = {k: (v if v is not None else "") for k, v in row.items()}
+            item_id = (row.get(id_col) or "").strip() if id_col else f"row{row_no:05d}"
+            if not item_id:
+                item_id = f"row{row_no:05d}"
+                self.problems.append(
+                    Problem(
+                        "missing_id",
+                        [],
+                        f"row {row_no} has an empty id; using {item_id}",
+                        [item_id],
+                    )
+                )
+            if item_id in seen_ids:
+                self.problems.append(
+                    Problem(
+                        "duplicate_id",
+                        [],
+                        f"id {item_id!r} in row {row_no} already used in row "
+                        f"{seen_ids[item_id]}; row skipped",
+                        [item_id],
+                    )
+                )
+                continue
+            seen_ids[item_id] = row_no
+
+            sides = []
+            for s, side_name in enumerate(self.side_names):
+                if image_cols:
+                    rel = (row.get(image_cols[s]) or "").strip()
+                else:
+                    rel = patterns[s].format(row=row_no, id=item_id)
+                if not rel or rel.lower() in EMPTY_LABELS:
+                    self.problems.append(
+                        Problem(
+                            "missing_file",
+                            [],
+                            f"row {row_no}: no {side_name} path given",
+                            [item_id],
+                        )
+                    )
+                    sides.append(Side(side_name, None))
+                    continue
+                try:
+                    clean = normalise_relpath(rel)
+                except PathOutsideRoot as e:
+                    self.problems.append(
+                        Problem(
+                            "path_outside_root",
+                            [safe_text(rel)],
+                            f"row {row_no}: {e}; refused",
+                            [item_id],
+                        )
+                    )
+                    sides.append(Side(side_name, None))
+                    continue
+                if clean not in exists_cache:
+                    exists_cache[clean] = self.store.exists(clean)
+                if not exists_cache[clean]:
+                    self.problems.append(
+                        Problem(
+                            "missing_file",
+                            [safe_text(clean)],
+                            f"row {row_no}: {side_name} file does not exist",
+                            [item_id],
+                        )
+                    )
+                    sides.append(Side(side_name, None))
+                    continue
+                sides.append(Side(side_name, clean))
+
+            label: str | None
+            if label_col:
+                label = (row.get(label_col) or "").strip()
+                if label.lower() in EMPTY_LABELS:
+                    self.problems.append(
+                        Problem(
+                            "missing_label",
+                            [s.display for s in sides if s.key],
+                            f"row {row_no}: label column {label_col!r} is empty",
+                            [item_id],
+                        )
+                    )
+                    label = None
+            elif rule is not None:
+                text_val = (row.get(label_from) or "").strip()
+                m = rule.search(text_val)
+                if not text_val:
+                    label = None
+                    self.problems.append(
+                        Problem(
+                            "missing_label",
+                            [s.display for s in sides if s.key],
+                            f"row {row_no}: {label_from!r} is empty",
+                            [item_id],
+                        )
+                    )
+                elif m is None or not (m.group("label") if "label" in rule.groupindex else m.group(1)):
+                    label = None
+                    self.problems.append(
+                        Problem(
+                            "unparsed_label",
+                            [s.display for s in sides if s.key],
+                            f"row {row_no}: rule does not match {text_val[:80]!r}",
+                            [item_id],
+                        )
+                    )
+                else:
+                    label = (m.group("label") if "label" in rule.groupindex else m.group(1)).strip()
+            else:
+                label = None
+            meta = {k: v for k, v in row.items() if k}
+            meta["row"] = row_no
+            self.items.append(Item(item_id, label, tuple(sides), None, meta))
+        if not self.items:
+            raise CamscopeError(f"{where} has a header but no data rows")
+        if label_col is None and rule is None:
+            self.problems.append(
+                Problem("missing_label", [], "no label column or rule given: items are unlabelled")
+            )
+
+    def fetch(self, key: str) -> bytes:
+        return self.store.read_bytes(key)
+
+
+# --------------------------------------------------------------------------- arrays in memory
+
+
+class ArraySource(Source):
+    """Items whose pixels are already in memory (CIFAR archives, synthetic coins)."""
+
+    in_memory = True
+
+    def __init__(self, images: dict[str, np.ndarray], description: str):
+        super().__init__()
+        self._images = images
+        self.description = description
+
+    def fetch(self, key: str) -> np.ndarray:
+        return self._images[key]
+
+
+def is_nan_like(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))

@@ -1,0 +1,277 @@
+"""Stratified, group-aware, reproducible train / val / test splits.
+
+Items that are duplicates of each other (exact or near, from the audit) form a group, and a group
+is assigned to one split as a whole, so a test image never has its twin in training unless the
+user asks for it (``allow_leaks``). Within each class, groups are shuffled with the seed and
+placed greedily into the split furthest below its target count: the same inputs and seed give
+the same split, bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from camscope.data.prepare import PreparedDataset
+from camscope.data.selection import ClassSelection, select_classes
+from camscope.errors import CamscopeError
+from camscope.utils import atomic_write_text
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitConfig:
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    allow_leaks: bool = False
+    respect_given: bool = True
+    dedupe: str = "none"  # none | exact | near: keep one item of each duplicate group
+    selection: ClassSelection = field(default_factory=ClassSelection)
+
+    def validate(self) -> None:
+        f = self.fractions
+        if len(f) != 3 or any(x < 0 for x in f) or abs(sum(f) - 1) > 1e-6 or f[0] <= 0:
+            raise CamscopeError(
+                f"split fractions {f} must be three non-negative numbers summing to 1",
+                "for example 0.7,0.15,0.15",
+            )
+        if self.dedupe not in ("none", "exact", "near"):
+            raise CamscopeError(f"unknown dedupe mode {self.dedupe!r}", "use none, exact or near")
+
+
+@dataclass
+class SplitResult:
+    rows: list[dict]  # id, label, split, group, dup_in_train, note
+    summary: dict
+
+    def ids(self, split: str) -> list[str]:
+        return [r["id"] for r in self.rows if r["split"] == split]
+
+    def indices(self, ds: PreparedDataset, split: str) -> list[int]:
+        pos = {i: k for k, i in enumerate(ds.ids)}
+        return [pos[r["id"]] for r in self.rows if r["split"] == split]
+
+
+def _item_groups(ds: PreparedDataset, path_groups: list[list[str]]) -> list[list[str]]:
+    """Image-path groups from the audit -> groups of item ids present in ``ds`` (merged)."""
+    owner: dict[str, str] = {}
+    for item_id, keys in zip(ds.ids, ds.side_keys, strict=True):
+        for k in keys:
+            if k is not None:
+                owner[k] = item_id
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for g in path_groups:
+        ids = sorted({owner[p] for p in g if p in owner})
+        for other in ids[1:]:
+            a, b = find(ids[0]), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    comp: dict[str, list[str]] = defaultdict(list)
+    for x in list(parent):
+        comp[find(x)].append(x)
+    return sorted((sorted(g) for g in comp.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def _stable_int(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _assign(
+    groups: list[list[int]], strata: list[str], fractions: list[float], names: list[str], seed: int
+) -> dict[int, str]:
+    """Place whole groups into splits, class by class, filling the split with the largest deficit."""
+    out: dict[int, str] = {}
+    by_stratum: dict[str, list[list[int]]] = defaultdict(list)
+    for g, s in zip(groups, strata, strict=True):
+        by_stratum[s].append(g)
+    for stratum in sorted(by_stratum):
+        gs = sorted(by_stratum[stratum], key=lambda g: min(g))
+        rng = np.random.default_rng([seed, _stable_int(stratum)])
+        order = rng.permutation(len(gs))
+        gs = [gs[i] for i in order]
+        gs.sort(key=len, reverse=True)  # stable: big groups first, shuffled order within a size
+        total = sum(len(g) for g in gs)
+        target = [f * total for f in fractions]
+        filled = [0] * len(names)
+        for g in gs:
+            k = max(range(len(names)), key=lambda i: (target[i] - filled[i], -i))
+            filled[k] += len(g)
+            for idx in g:
+                out[idx] = names[k]
+    return out
+
+
+def make_split(
+    ds: PreparedDataset, config: SplitConfig | None = None, audit: dict | None = None
+) -> SplitResult:
+    config = config or SplitConfig()
+    config.validate()
+    labels = [ds.classes[i] if i >= 0 else None for i in ds.labels.tolist()]
+    counts = Counter(lab for lab in labels if lab is not None)
+    if len(counts) < 2:
+        raise CamscopeError(
+            f"the dataset has {len(counts)} labelled class(es)",
+            "a split for classification needs at least two classes",
+        )
+    if config.selection.is_empty():
+        selected, unseen = sorted(counts, key=lambda c: (-counts[c], c)), []
+    else:
+        selected, unseen = select_classes(dict(counts), config.selection)
+    sel_set = set(selected)
+
+    exact_groups = _item_groups(ds, audit["exact_duplicate_groups"]) if audit else []
+    all_groups = (
+        _item_groups(ds, [*audit["exact_duplicate_groups"], *audit["near_duplicate_groups"]]) if audit else []
+    )
+    pos = {i: k for k, i in enumerate(ds.ids)}
+
+    split: dict[int, str] = {}
+    note: dict[int, str] = {}
+    for k, lab in enumerate(labels):
+        if lab is None:
+            split[k], note[k] = "dropped", "no label"
+        elif lab not in sel_set:
+            split[k] = "unseen"
+
+    # deduplication: keep the first item (by id) of each group whose labels agree; drop conflicts
+    if config.dedupe != "none":
+        for g in exact_groups if config.dedupe == "exact" else all_groups:
+            idx = [pos[i] for i in g if pos[i] not in split]
+            if len(idx) < 2:
+                continue
+            if len({labels[i] for i in idx}) > 1:
+                for i in idx:
+                    split[i], note[i] = "dropped", "duplicate with a conflicting label"
+            else:
+                for i in idx[1:]:
+                    split[i], note[i] = "dropped", f"duplicate of {ds.ids[idx[0]]}"
+
+    # groups (of the items still to place) that must not straddle splits
+    group_of: dict[int, int] = {}
+    for gi, g in enumerate(all_groups):
+        for i in g:
+            group_of[pos[i]] = gi
+    todo = [k for k in range(len(ds)) if k not in split]
+    units: dict[object, list[int]] = defaultdict(list)
+    for k in todo:
+        key = ("g", group_of[k]) if (k in group_of and not config.allow_leaks) else ("i", k)
+        units[key].append(k)
+
+    given = ds.given_splits if config.respect_given else [None] * len(ds)
+    has_given = any(g is not None for g in (given[k] for k in todo))
+    names = list(SPLITS)
+    fr = list(config.fractions)
+    if has_given:
+        # given test (and val) are kept; val is carved out of the given train when absent
+        pool = []
+        has_val = any(given[k] == "val" for k in todo)
+        for u in units.values():
+            g = [given[k] for k in u]
+            if all(x in ("test", "val") for x in g):
+                for k in u:
+                    split[k] = given[k]
+            elif has_val or fr[1] == 0:
+                for k in u:
+                    split[k] = given[k] if given[k] in ("test", "val") else "train"
+            else:
+                pool.append(u)
+        if pool:
+            sub = _assign(
+                pool,
+                [_majority(labels, u) for u in pool],
+                [fr[0] / (fr[0] + fr[1]), fr[1] / (fr[0] + fr[1])],
+                ["train", "val"],
+                config.seed,
+            )
+            split.update(sub)
+    else:
+        ulist = list(units.values())
+        split.update(_assign(ulist, [_majority(labels, u) for u in ulist], fr, names, config.seed))
+
+    # leakage check: test (and val) items sharing a duplicate group with a training item
+    train_groups = {group_of[k] for k in range(len(ds)) if split[k] == "train" and k in group_of}
+    dup_in_train = {
+        k for k in range(len(ds)) if k in group_of and group_of[k] in train_groups and split[k] != "train"
+    }
+    rows = []
+    for k in range(len(ds)):
+        rows.append(
+            {
+                "id": ds.ids[k],
+                "label": labels[k] or "",
+                "split": split[k],
+                "group": group_of.get(k, ""),
+                "dup_in_train": int(k in dup_in_train),
+                "note": note.get(k, ""),
+            }
+        )
+    per_split = {
+        s: Counter(labels[k] for k in range(len(ds)) if split[k] == s) for s in (*SPLITS, "unseen", "dropped")
+    }
+    kept_together = [g for g in all_groups if len({split[pos[i]] for i in g}) == 1]
+    summary = {
+        "schema": "camscope.split/1",
+        "config": {**asdict(config), "fractions": list(config.fractions)},
+        "selected_classes": selected,
+        "unseen_classes": unseen,
+        "given_splits_respected": has_given,
+        "counts": {s: dict(sorted(c.items())) for s, c in per_split.items()},
+        "totals": {s: sum(c.values()) for s, c in per_split.items()},
+        "duplicate_groups": len(all_groups),
+        "duplicate_groups_kept_together": len(kept_together),
+        "items_in_duplicate_groups": sum(len(g) for g in all_groups),
+        "test_items_with_duplicate_in_train": sum(1 for k in dup_in_train if split[k] == "test"),
+        "val_items_with_duplicate_in_train": sum(1 for k in dup_in_train if split[k] == "val"),
+        "dataset_hash": ds.info.get("dataset_hash"),
+        "audit_used": audit is not None,
+    }
+    return SplitResult(rows, summary)
+
+
+def _majority(labels: list[str | None], unit: list[int]) -> str:
+    c = Counter(labels[k] for k in unit)
+    return sorted(c.items(), key=lambda kv: (-kv[1], kv[0] or ""))[0][0] or ""
+
+
+def write_split(result: SplitResult, out_dir: str | Path) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(
+        buf,
+        fieldnames=["id", "label", "split", "group", "dup_in_train", "note"],
+        lineterminator="\n",
+    )
+    w.writeheader()
+    w.writerows(result.rows)
+    atomic_write_text(out / "split.csv", buf.getvalue())
+    atomic_write_text(out / "split.json", json.dumps(result.summary, indent=1, ensure_ascii=False))
+    return out / "split.csv", out / "split.json"
+
+
+def load_split(path: str | Path) -> dict[str, str]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "split.csv"
+    if not p.is_file():
+        raise CamscopeError(f"no split at {p}", "run `camscope split PREPARED --out DIR` first")
+    with open(p, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"id", "split"} <= set(reader.fieldnames):
+            raise CamscopeError(f"{p} lacks the columns id and split", "write it with `camscope split`")
+        return {row["id"]: row["split"] for row in reader}
