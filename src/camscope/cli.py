@@ -92,9 +92,9 @@ def _run(fn):
     try:
         return fn()
     except CamscopeError as e:
-        err.print(f"[bold red]error:[/] {e.message}")
+        err.print(f"[bold red]error:[/] {e.message}", soft_wrap=True)
         if e.hint:
-            err.print(f"[yellow]hint:[/] {e.hint}")
+            err.print(f"[yellow]hint:[/] {e.hint}", soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]: finished artifacts were written atomically and are intact")

@@ -91,6 +91,7 @@ class _SafeUnpickler(pickle.Unpickler):
         ("copyreg", "_reconstructor"),
         ("__builtin__", "object"),
         ("builtins", "object"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
     }
 
     def find_class(self, module: str, name: str):

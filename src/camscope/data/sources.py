@@ -154,6 +154,17 @@ class FolderSource(Source):
                 f"no files found under {self.description}",
                 "point at a folder with one sub-folder per class",
             )
+        # archives often wrap everything in one folder (data.zip -> data/...): look inside it
+        while files and all("/" in f for f in files):
+            first = {f.split("/", 1)[0] for f in files}
+            if len(first) != 1 or next(iter(first)) in SPLIT_DIR_NAMES:
+                break
+            if not all(f.count("/") >= 2 for f in files):
+                break
+            wrapper = next(iter(first))
+            self.store = open_store(path, f"{prefix}/{wrapper}".strip("/"))
+            self.description = self.store.description
+            files = self.store.list_files()
         tops = {f.split("/", 1)[0] for f in files if "/" in f}
         has_splits = bool(tops) and tops <= set(SPLIT_DIR_NAMES)
         depth = 2 if has_splits else 1

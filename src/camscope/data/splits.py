@@ -177,28 +177,29 @@ def make_split(
     names = list(SPLITS)
     fr = list(config.fractions)
     if has_given:
-        # given test (and val) are kept; val is carved out of the given train when absent
-        pool = []
+        # given test (and val) items keep their split even when a twin sits in the given train:
+        # moving them would change an official test set; the leak is flagged (dup_in_train) instead.
+        # Without a given val, val is carved group-aware out of the given train.
         has_val = any(given[k] == "val" for k in todo)
+        pool = []
         for u in units.values():
-            g = [given[k] for k in u]
-            if all(x in ("test", "val") for x in g):
-                for k in u:
+            rest = []
+            for k in u:
+                if given[k] in ("test", "val"):
                     split[k] = given[k]
-            elif has_val or fr[1] == 0:
-                for k in u:
-                    split[k] = given[k] if given[k] in ("test", "val") else "train"
+                else:
+                    rest.append(k)
+            if not rest:
+                continue
+            if has_val or fr[1] == 0:
+                for k in rest:
+                    split[k] = "train"
             else:
-                pool.append(u)
+                pool.append(rest)
         if pool:
-            sub = _assign(
-                pool,
-                [_majority(labels, u) for u in pool],
-                [fr[0] / (fr[0] + fr[1]), fr[1] / (fr[0] + fr[1])],
-                ["train", "val"],
-                config.seed,
-            )
-            split.update(sub)
+            tv = fr[0] + fr[1]
+            strata = [_majority(labels, u) for u in pool]
+            split.update(_assign(pool, strata, [fr[0] / tv, fr[1] / tv], ["train", "val"], config.seed))
     else:
         ulist = list(units.values())
         split.update(_assign(ulist, [_majority(labels, u) for u in ulist], fr, names, config.seed))
@@ -223,7 +224,10 @@ def make_split(
     per_split = {
         s: Counter(labels[k] for k in range(len(ds)) if split[k] == s) for s in (*SPLITS, "unseen", "dropped")
     }
-    kept_together = [g for g in all_groups if len({split[pos[i]] for i in g}) == 1]
+    # only the items that take part in training or evaluation count (not unseen or dropped ones)
+    in_play = [[i for i in g if split[pos[i]] in SPLITS] for g in all_groups]
+    in_play = [g for g in in_play if len(g) > 1]
+    kept_together = [g for g in in_play if len({split[pos[i]] for i in g}) == 1]
     summary = {
         "schema": "camscope.split/1",
         "config": {**asdict(config), "fractions": list(config.fractions)},
@@ -232,9 +236,9 @@ def make_split(
         "given_splits_respected": has_given,
         "counts": {s: dict(sorted(c.items())) for s, c in per_split.items()},
         "totals": {s: sum(c.values()) for s, c in per_split.items()},
-        "duplicate_groups": len(all_groups),
+        "duplicate_groups": len(in_play),
         "duplicate_groups_kept_together": len(kept_together),
-        "items_in_duplicate_groups": sum(len(g) for g in all_groups),
+        "items_in_duplicate_groups": sum(len(g) for g in in_play),
         "test_items_with_duplicate_in_train": sum(1 for k in dup_in_train if split[k] == "test"),
         "val_items_with_duplicate_in_train": sum(1 for k in dup_in_train if split[k] == "val"),
         "dataset_hash": ds.info.get("dataset_hash"),

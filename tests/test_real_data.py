@@ -1,0 +1,44 @@
+"""Slow tests on the real archives in ../shared/data (skipped when they are absent)."""
+
+import time
+
+import pytest
+
+from camscope.data.audit import audit
+from camscope.data.prepare import PrepareConfig, prepare
+from camscope.data.sources import CsvSource, FolderSource
+from tests.conftest import requires_shared
+
+RULER = r"(?:Head|Bust)s? of (?:Divus )?([A-Z][a-z]+)"
+
+
+@pytest.mark.slow
+def test_cifar10_jpeg_audit_under_60s_and_prepare():
+    path = requires_shared("cifar10-jpeg.zip")
+    src = FolderSource(path)
+    assert len(src) == 60000 and len(src.class_names()) == 10
+    t = time.perf_counter()
+    report = audit(src)
+    assert time.perf_counter() - t < 60
+    assert report["n_readable"] == 60000
+    # ciFAIR reports about 3.3% of CIFAR-10 test images with a near-duplicate: we must find some
+    assert len(report["near_duplicate_groups"]) > 100
+    ds = prepare(src, PrepareConfig(size=32))
+    assert ds.images.shape == (60000, 3, 32, 32)
+
+
+@pytest.mark.slow
+def test_roman_coins_audit_and_prepare():
+    path = requires_shared("roman-coins.zip")
+    src = CsvSource(
+        f"{path}!/roman-coins/coins.csv",
+        patterns=["images/heads{row:05d}.jpg", "images/tails{row:05d}.jpg"],
+        label_from="Obverse",
+        label_regex=RULER,
+    )
+    assert len(src) == 2520
+    report = audit(src)
+    assert report["problem_counts"].get("unparsed_label", 0) > 0
+    assert report["class_counts"]["Domitian"] > report["class_counts"]["Nero"]
+    ds = prepare(src, PrepareConfig(size=48))
+    assert ds.images.shape[1:] == (3, 48, 96)
