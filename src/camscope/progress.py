@@ -40,15 +40,6 @@ def make_progress() -> Progress:
     )
 
 
-def track(items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
-    """Iterate with a progress bar; ``total`` counts the items yielded."""
-    with make_progress() as progress:
-        task = progress.add_task(description, total=total)
-        for item in items:
-            yield item
-            progress.advance(task)
-
-
 def track_weighted(items: Iterable[tuple[int, T]], total: int, description: str) -> Iterator[T]:
     """Iterate over ``(weight, item)`` pairs, advancing the bar by ``weight`` (e.g. a chunk size)."""
     with make_progress() as progress:

@@ -112,15 +112,6 @@ def to_standard(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
 
 
-def is_grayscale(img: Image.Image, tolerance: int = 6) -> bool:
-    """True for L images and for RGB images whose channels are (nearly) equal."""
-    if img.mode == "L":
-        return True
-    small = np.asarray(img.resize((32, 32), Image.BILINEAR), dtype=np.int16)
-    spread = small.max(axis=2) - small.min(axis=2)
-    return float(np.percentile(spread, 99)) <= tolerance
-
-
 def fit(img: Image.Image, size: int, policy: str = "pad") -> Image.Image:
     """Resize to ``size`` x ``size``.
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import difflib
 import io
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -490,7 +489,3 @@ class ArraySource(Source):
 
     def fetch(self, key: str) -> np.ndarray:
         return self._images[key]
-
-
-def is_nan_like(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
