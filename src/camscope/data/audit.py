@@ -185,7 +185,8 @@ def audit(source: Source, config: AuditConfig | None = None) -> dict:
         rep_list = list(reps.values())
         thumbs = np.stack([r.thumb for r in rep_list])
         fine = np.stack([r.fine for r in rep_list])
-        res = find_near_duplicates(thumbs, config.neardup, fine)
+        has_fine = np.array([min(r.width, r.height) >= 2 * THUMB for r in rep_list])
+        res = find_near_duplicates(thumbs, config.neardup, fine, has_fine)
         copies = defaultdict(list)
         for r in good:
             copies[r.digest].append(r.key)

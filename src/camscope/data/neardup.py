@@ -35,6 +35,7 @@ class NearDupParams:
     min_detail_ncc: float = 0.70  # correlation of their high-pass detail
     crop_ncc: float = 0.65  # pairs scoring this at zoom 1 are also tried as crops
     min_fine_detail_ncc: float = 0.75  # detail correlation on 64x64 thumbnails (when given)
+    fine_clip: float = 3.0  # fine detail is capped at this many times its median magnitude
     max_shift: int = 3  # pixels (on the 32-px thumbnail) searched for alignment
     flat_std: float = 4.0  # thumbnails with less contrast (0-255 scale) are skipped
 
@@ -233,18 +234,29 @@ class NearDupResult:
     n_flat: int
 
 
-def _detail(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return x - _apply(_blur_matrix(x.shape[-1], sigma), x)
+def _detail(x: torch.Tensor, sigma: float, clip: float | None = None) -> torch.Tensor:
+    """High-pass detail; ``clip`` caps it at that many times each image's median magnitude, so a
+    few strong outlines (coins on a white background) cannot outweigh everything inside them."""
+    d = x - _apply(_blur_matrix(x.shape[-1], sigma), x)
+    if clip is not None:
+        t = d.abs().flatten(1).median(1).values.clamp_min(1.0)[:, None, None] * clip
+        d = torch.maximum(torch.minimum(d, t), -t)
+    return d
 
 
 def find_near_duplicates(
-    thumbs: np.ndarray, params: NearDupParams | None = None, fine: np.ndarray | None = None
+    thumbs: np.ndarray,
+    params: NearDupParams | None = None,
+    fine: np.ndarray | None = None,
+    has_fine: np.ndarray | None = None,
 ) -> NearDupResult:
     """Verified near-duplicate pairs among ``thumbs`` ((N, 32, 32) uint8).
 
     ``fine`` ((N, 64, 64) uint8), when given, re-verifies the accepted pairs at twice the
     resolution: two coins of one type photographed alike agree at 32 px, and only their legends,
-    wear and scratches, visible at 64 px, tell them apart.
+    wear and scratches, visible at 64 px, tell them apart. ``has_fine`` ((N,) bool) says which
+    images really hold that much detail; a pair with an image smaller than 64 px is not
+    re-verified, since its 64-px thumbnail is only an upsampled copy of the 32-px one.
     """
     params = params or NearDupParams()
     with torch.no_grad():
@@ -260,7 +272,10 @@ def find_near_duplicates(
         keep = (plain >= params.min_ncc) & (detail_score >= params.min_detail_ncc)
         pairs, plain, detail_score = cand[keep], plain[keep], detail_score[keep]
         if fine is not None and len(pairs):
-            f = torch.from_numpy(np.ascontiguousarray(fine)).float()[informative]
+            big = torch.ones(len(t), dtype=torch.bool)
+            if has_fine is not None:
+                big = torch.from_numpy(np.asarray(has_fine, dtype=bool))
+            big = big[informative]
             fine_params = NearDupParams(
                 **{
                     **params.__dict__,
@@ -268,9 +283,15 @@ def find_near_duplicates(
                     "min_detail_ncc": params.min_fine_detail_ncc,
                 }
             )
-            fplain, fdetail = verify(f, _detail(f, 1.5), pairs, fine_params)
-            ok = (fplain >= fine_params.min_ncc) & (fdetail >= fine_params.min_detail_ncc)
-            pairs, plain, detail_score = pairs[ok], plain[ok], torch.minimum(detail_score[ok], fdetail[ok])
+            check = big[pairs[:, 0]] & big[pairs[:, 1]]
+            fplain, fdetail = torch.empty(0), torch.empty(0)
+            if check.any():
+                f = torch.from_numpy(np.ascontiguousarray(fine))[informative].float()
+                fplain, fdetail = verify(f, _detail(f, 1.5, params.fine_clip), pairs[check], fine_params)
+            ok = torch.ones(len(pairs), dtype=torch.bool)
+            ok[check] = (fplain >= fine_params.min_ncc) & (fdetail >= fine_params.min_detail_ncc)
+            detail_score[check] = torch.minimum(detail_score[check], fdetail)
+            pairs, plain, detail_score = pairs[ok], plain[ok], detail_score[ok]
         return NearDupResult(
             informative[pairs].numpy(), plain.numpy(), detail_score.numpy(), len(cand), n_flat
         )
