@@ -331,6 +331,152 @@ def print_split(s: dict) -> None:
 
 
 @app.command()
+def train(
+    prepared: Annotated[Path, typer.Argument(help="prepared dataset file")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder (checkpoints, metrics, split)")],
+    split_path: Annotated[
+        Path | None, typer.Option("--split", help="split.csv (default: RUN/split.csv, made if missing)")
+    ] = None,
+    model: Annotated[str, typer.Option(help="model name: camscope models lists them")] = "fastnet",
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option("--model-arg", help="model argument key=value (JSON value), repeatable"),
+    ] = None,
+    weights: Annotated[str | None, typer.Option(help="pretrained weights file (torchvision models)")] = None,
+    finetune: Annotated[str | None, typer.Option(help="full | head | head_then_full")] = None,
+    unfreeze_epoch: Annotated[int | None, typer.Option(help="head_then_full: epoch the body starts")] = None,
+    epochs: Annotated[float | None, typer.Option(help="epochs (fractions allowed)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="global batch size")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd (Nesterov) | adamw")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="weight decay")] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant | cosine | onecycle | triangle")] = None,
+    warmup_epochs: Annotated[float | None, typer.Option(help="linear warm-up (constant, cosine)")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="label smoothing")] = None,
+    class_weights: Annotated[str | None, typer.Option(help="none | balanced")] = None,
+    grad_clip: Annotated[float | None, typer.Option(help="clip the gradient norm to this")] = None,
+    lookahead: Annotated[bool | None, typer.Option("--lookahead/--no-lookahead", help="lookahead")] = None,
+    translate: Annotated[int | None, typer.Option(help="random translation in pixels (0: off)")] = None,
+    flip: Annotated[
+        str | None, typer.Option(help="none | random | alternating (none where orientation matters)")
+    ] = None,
+    cutout: Annotated[int | None, typer.Option(help="cutout square side in pixels (0: off)")] = None,
+    tta: Annotated[str | None, typer.Option(help="validation TTA: none | flip | flip_translate")] = None,
+    channels: Annotated[int | None, typer.Option(help="train on 1 (gray) or 3 (RGB) channels")] = None,
+    monitor: Annotated[str | None, typer.Option(help="val_acc | val_loss | val_macro_f1")] = None,
+    patience: Annotated[int | None, typer.Option(help="early stopping patience in epochs")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:1")] = None,
+    amp: Annotated[str | None, typer.Option(help="auto | none | bf16 | fp16 (GPU only)")] = None,
+    checkpoint_every_steps: Annotated[int | None, typer.Option(help="also checkpoint every N steps")] = None,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="log to RUN/tensorboard")] = False,
+    mlflow_uri: Annotated[str | None, typer.Option("--mlflow-uri", help="log to this MLflow server")] = None,
+    no_recipe: Annotated[
+        bool, typer.Option("--no-recipe", help="ignore the model's recipe defaults")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")
+    ] = False,
+):
+    """Train a model on a prepared dataset and split (checkpoints, metrics, learning curve in --out).
+
+    Each model brings a recipe (its training defaults); every option given here overrides it.
+    Under `torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.
+    """
+
+    def go():
+        from camscope.train.config import make_config
+        from camscope.train.run import train_from_files
+
+        margs = {}
+        for item in model_arg or []:
+            if "=" not in item:
+                raise CamscopeError(
+                    f"cannot read --model-arg {item!r}", "write key=value, e.g. widths=[32,64,64]"
+                )
+            key, value = item.split("=", 1)
+            try:
+                margs[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                margs[key.strip()] = value
+        cfg = make_config(
+            model,
+            use_recipe=not no_recipe,
+            model_args=margs or None,
+            weights=weights,
+            finetune=finetune,
+            unfreeze_epoch=unfreeze_epoch,
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing,
+            class_weights=class_weights,
+            grad_clip=grad_clip,
+            lookahead=lookahead,
+            translate=translate,
+            flip=flip,
+            cutout=cutout,
+            tta=tta,
+            channels=channels,
+            monitor=monitor,
+            patience=patience,
+            seed=seed,
+            device=device,
+            amp=amp,
+            checkpoint_every_steps=checkpoint_every_steps,
+            tensorboard=tensorboard or None,
+            mlflow_uri=mlflow_uri,
+        )
+        notes: list[str] = []
+        result = train_from_files(prepared, out, cfg, split_path, resume, notes)
+        if int(__import__("os").environ.get("RANK", "0")) != 0:
+            return
+        for note in notes:
+            console.print(f"[yellow]{note}[/]")
+        print_training(result)
+
+    _run(go)
+
+
+def print_training(result) -> None:
+    t = Table(title=f"training: {result.run_dir}")
+    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "images_per_s"]
+    for c in cols:
+        t.add_column(c, justify="right")
+    for row in result.history[-10:]:
+        t.add_row(*(f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in cols))
+    console.print(t)
+    if result.best:
+        b = result.best
+        console.print(
+            f"best {b['metric']} {b['value']:.4f} at epoch {b['epoch']}"
+            + (" (stopped early)" if result.stopped_early else "")
+        )
+    console.print(
+        f"{result.seconds:.1f} s of training; checkpoints best/last and metrics in [bold]{result.run_dir}[/]"
+    )
+
+
+@app.command()
+def models():
+    """List the registered models with their default CAM layer."""
+    from camscope.models import registered
+
+    t = Table(title="models (any torchvision classification model name works too)")
+    for c in ("name", "CAM layer", "description"):
+        t.add_column(c)
+    for name, e in sorted(registered().items()):
+        t.add_row(name, e.cam_layer, e.description)
+    console.print(t)
+
+
+@app.command()
 def info(prepared: Annotated[Path, typer.Argument(help="prepared dataset file")]):
     """Describe a prepared dataset: shape, classes, preprocessing, excluded items."""
 

@@ -1,0 +1,1 @@
+"""Training: batched tensor augmentation, schedules, checkpoints, the loop, distributed runs."""

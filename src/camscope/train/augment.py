@@ -1,0 +1,112 @@
+"""Batched augmentation on tensors, on the model's device: no per-image Python work.
+
+Randomness is drawn on the CPU from a generator the caller seeds per step, for the whole global
+batch: a resumed run draws exactly the numbers an uninterrupted one would, and the processes of
+a distributed run each apply their slice of the same draws a single process would use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentParams:
+    """Random draws for one global batch; a process of a distributed run takes its slice."""
+
+    flip: torch.Tensor | None = None  # (n,) bool
+    dy: torch.Tensor | None = None  # (n,) shift index in 0..2p
+    dx: torch.Tensor | None = None
+    cy: torch.Tensor | None = None  # (n,) cutout centre
+    cx: torch.Tensor | None = None
+
+    def take(self, sel) -> AugmentParams:
+        return AugmentParams(*(None if t is None else t[sel] for t in astuple(self)))
+
+
+def draw(
+    n: int,
+    index: torch.Tensor,
+    size: tuple[int, int],
+    epoch: int,
+    gen: torch.Generator,
+    seed: int,
+    translate_px: int = 0,
+    flip_mode: str = "none",
+    cutout_px: int = 0,
+) -> AugmentParams:
+    """Draw every random number of one batch's augmentation, in a fixed order."""
+    p = AugmentParams()
+    if flip_mode == "random":
+        p.flip = torch.rand(n, generator=gen) < 0.5
+    elif flip_mode == "alternating":
+        p.flip = alternating_flip_mask(index, epoch, seed)
+    elif flip_mode != "none":
+        raise ValueError(f"unknown flip mode {flip_mode!r}")
+    if translate_px > 0:
+        p.dy = torch.randint(0, 2 * translate_px + 1, (n,), generator=gen)
+        p.dx = torch.randint(0, 2 * translate_px + 1, (n,), generator=gen)
+    if cutout_px > 0:
+        p.cy = torch.randint(0, size[0], (n,), generator=gen)
+        p.cx = torch.randint(0, size[1], (n,), generator=gen)
+    return p
+
+
+def apply(x: torch.Tensor, p: AugmentParams, translate_px: int = 0, cutout_px: int = 0) -> torch.Tensor:
+    dev = x.device
+    if p.flip is not None:
+        x = flip(x, p.flip.to(dev))
+    if p.dy is not None:
+        x = translate(x, translate_px, p.dy.to(dev), p.dx.to(dev))
+    if p.cy is not None:
+        x = cutout(x, cutout_px, p.cy.to(dev), p.cx.to(dev))
+    return x
+
+
+def translate(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Shift each image by ``dy - pad``, ``dx - pad`` pixels, filling with the reflected border.
+
+    Done as a crop of the reflect-padded batch, one slice per shift value and axis (2 x (2p+1)
+    slices) rather than a gather per pixel.
+    """
+    if pad <= 0:
+        return x
+    _, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    rows = torch.empty_like(padded[:, :, :h, :])
+    for s in range(2 * pad + 1):
+        m = dy == s
+        rows[m] = padded[m, :, s : s + h, :]
+    out = torch.empty_like(x)
+    for s in range(2 * pad + 1):
+        m = dx == s
+        out[m] = rows[m, :, :, s : s + w]
+    return out
+
+
+def alternating_flip_mask(index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+    """airbench's alternating flip: each image gets a fixed coin toss; odd epochs invert it, so
+    every image is seen both ways in any two consecutive epochs (less redundancy than i.i.d.)."""
+    base = (index.long() * 2654435761 + seed * 97 + 12345) % 2**31  # cheap per-index hash
+    base = ((base >> 7) & 1).bool()
+    return base ^ bool(epoch % 2)
+
+
+def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+
+
+def cutout(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    """Zero one ``size`` x ``size`` square per image centred at (cy, cx), clipped at the border."""
+    if size <= 0:
+        return x
+    _, _, h, w = x.shape
+    half = size // 2
+    ys = torch.arange(h, device=x.device)[None, :] - (cy[:, None] - half)
+    xs = torch.arange(w, device=x.device)[None, :] - (cx[:, None] - half)
+    my = ((ys >= 0) & (ys < size))[:, :, None]
+    mx = ((xs >= 0) & (xs < size))[:, None, :]
+    return x * (~(my & mx))[:, None].to(x.dtype)

@@ -1,0 +1,109 @@
+"""Training configuration: generic defaults, overlaid by the model's recipe, then by the user."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from camscope.errors import CamscopeError
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = "fastnet"
+    model_args: dict = Field(default_factory=dict)
+    weights: str | None = None  # pretrained weights file (torchvision models)
+    finetune: Literal["full", "head", "head_then_full"] = "full"
+    unfreeze_epoch: int = 1  # head_then_full: the body starts learning at this epoch
+
+    epochs: float = 20  # fractional epochs are allowed (the schedule runs over whole steps)
+    batch_size: int = 256
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["constant", "cosine", "onecycle", "triangle"] = "cosine"
+    schedule_args: dict = Field(default_factory=dict)
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    class_weights: Literal["none", "balanced"] = "none"
+    grad_clip: float | None = None
+    lookahead: bool = False
+    lookahead_every: int = 5
+    whiten_bias_epochs: int = 3  # models with a data-whitening stem (fastnet)
+
+    translate: int = 2  # pixels, reflect padding
+    flip: Literal["none", "random", "alternating"] = "random"
+    cutout: int = 0  # side of the zeroed square in pixels; 0 = off
+    tta: Literal["none", "flip", "flip_translate"] = "none"  # at validation
+    normalize: bool = True
+    channels: int | None = None  # convert the prepared images to 1 or 3 channels
+
+    monitor: Literal["val_acc", "val_loss", "val_macro_f1"] = "val_acc"
+    patience: int | None = None  # epochs without improvement before stopping; None = never stop early
+    restore_best: bool = True
+
+    seed: int = 0
+    deterministic: bool = True
+    device: str = "auto"
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    channels_last: bool | None = None  # None: on for CPU, where it is ~1.7x faster
+    eval_batch_size: int = 1024
+    checkpoint_every_s: float = 120.0
+    checkpoint_every_steps: int | None = None
+    tensorboard: bool = False
+    mlflow_uri: str | None = None
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, v):
+        if v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+    @field_validator("batch_size", "eval_batch_size", "lookahead_every")
+    @classmethod
+    def _positive(cls, v):
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v):
+        if not v > 0:
+            raise ValueError("must be positive")
+        return v
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v):
+        if v not in (None, 1, 3):
+            raise ValueError("must be 1 or 3")
+        return v
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _smoothing(cls, v):
+        if not 0 <= v < 1:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+
+def make_config(model: str = "fastnet", use_recipe: bool = True, **options) -> TrainConfig:
+    """The model's recipe, overlaid by ``options`` (None values mean 'not given')."""
+    from camscope.models import entry
+
+    values: dict = {"model": model}
+    e = entry(model)
+    if use_recipe and e is not None:
+        values.update(e.recipe)
+    values.update({k: v for k, v in options.items() if v is not None})
+    try:
+        return TrainConfig(**values)
+    except ValidationError as err:
+        msgs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in err.errors())
+        raise CamscopeError(f"bad training options: {msgs}") from err
