@@ -78,3 +78,29 @@ def test_near_duplicates_are_found_and_distinct_coins_are_not():
 
 def test_connected_groups():
     assert connected_groups(6, np.array([[0, 1], [1, 2], [4, 5]])) == [[0, 1, 2], [4, 5]]
+
+
+def _composite(rng: np.random.Generator, size: int = 192) -> np.ndarray:
+    """Two textured discs side by side on white, like a museum photo of both sides of a coin."""
+    from PIL import Image
+
+    h, w = size // 2, size
+    img = np.full((h, w), 255.0)
+    yy, xx = np.mgrid[:h, :w]
+    for cx in (w // 4, 3 * w // 4):
+        disc = (yy - h / 2) ** 2 + (xx - cx) ** 2 < (0.45 * h) ** 2
+        tex = np.asarray(Image.fromarray(rng.integers(40, 140, (48, 96), dtype=np.uint8)).resize((w, h)))
+        img[disc] = tex[disc]
+    return img.astype(np.uint8)
+
+
+def test_composites_on_white_are_not_near_duplicates_of_each_other():
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    imgs = [Image.fromarray(_composite(rng)) for _ in range(40)]
+    imgs.append(imgs[0].resize((150, 75), Image.BICUBIC))  # the same photo, rescaled
+    thumbs = np.stack([np.asarray(i.resize((32, 32), Image.BILINEAR)) for i in imgs])
+    fine = np.stack([np.asarray(i.resize((64, 64), Image.BILINEAR)) for i in imgs])
+    res = find_near_duplicates(thumbs, fine=fine)
+    assert [set(g) for g in connected_groups(len(imgs), res.pairs)] == [{0, 40}]
