@@ -72,3 +72,40 @@ def test_synth_and_synthetic_source(tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["audit", "synthetic:n=40,seed=2", "--out", str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
+
+
+def test_train_command_makes_a_split_and_a_run(tmp_path):
+    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
+    from camscope.data.synthetic import CoinSpec, SyntheticSource
+
+    ds = prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=2)), PrepareConfig(size=16, channels=1))
+    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(prepared),
+        "--out",
+        str(run),
+        "--model",
+        "gray_cnn",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--flip",
+        "none",
+        "--max-minutes",
+        "5",
+    ]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "no split given" in r.output and (run / "split.csv").is_file()
+    assert (run / "best.safetensors").is_file() and (run / "learning_curve.png").is_file()
+    r = runner.invoke(app, [*args, "--resume"])  # already finished: nothing left to do
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*args[:-2], "--lr", "-1"])
+    assert r.exit_code == 2 and "lr" in r.output
+    r = runner.invoke(app, [*args, "--model", "nonet"])
+    assert r.exit_code == 2 and "unknown model" in r.output
+    r = runner.invoke(app, ["models"])
+    assert r.exit_code == 0 and "fastnet" in r.output

@@ -432,3 +432,12 @@ def test_torchrun_two_processes_agree_with_one(tmp_path):
     assert all(
         math.isclose(r1["train_loss"], r2["train_loss"], rel_tol=1e-4) for r1, r2 in zip(h1, h2, strict=True)
     )
+
+
+def test_time_budget_stops_training(tmp_path):
+    cfg = make_config("gray_cnn", epochs=500, batch_size=8, max_train_s=0.5, checkpoint_every_s=1e9)
+    t = time.perf_counter()
+    res = train(cfg, toy_data(channels=1), tmp_path / "run")
+    assert time.perf_counter() - t < 30
+    assert len(res.history) < 500 and res.history[-1]["epoch"] == len(res.history)
+    assert (tmp_path / "run" / "best.safetensors").is_file()

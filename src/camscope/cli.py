@@ -370,6 +370,9 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:1")] = None,
     amp: Annotated[str | None, typer.Option(help="auto | none | bf16 | fp16 (GPU only)")] = None,
     checkpoint_every_steps: Annotated[int | None, typer.Option(help="also checkpoint every N steps")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="stop training after this many minutes (the last epoch is evaluated)")
+    ] = None,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="log to RUN/tensorboard")] = False,
     mlflow_uri: Annotated[str | None, typer.Option("--mlflow-uri", help="log to this MLflow server")] = None,
     no_recipe: Annotated[
@@ -430,6 +433,7 @@ def train(
             device=device,
             amp=amp,
             checkpoint_every_steps=checkpoint_every_steps,
+            max_train_s=None if max_minutes is None else 60 * max_minutes,
             tensorboard=tensorboard or None,
             mlflow_uri=mlflow_uri,
         )

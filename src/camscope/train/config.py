@@ -45,6 +45,7 @@ class TrainConfig(BaseModel):
     monitor: Literal["val_acc", "val_loss", "val_macro_f1"] = "val_acc"
     patience: int | None = None  # epochs without improvement before stopping; None = never stop early
     restore_best: bool = True
+    max_train_s: float | None = None  # stop (after evaluating the partial epoch) once training took this long
 
     seed: int = 0
     deterministic: bool = True

@@ -361,6 +361,7 @@ def _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info: DistI
     t_start = time.perf_counter()
     last_ckpt = time.perf_counter()
     stopped_early = False
+    out_of_time = False
 
     def position(epoch: int, step: int) -> dict:
         return {
@@ -465,6 +466,11 @@ def _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info: DistI
                 if (due_steps or due_time) and step + 1 < steps_per_epoch:
                     save_last(epoch, step + 1)
                     last_ckpt = time.perf_counter()
+                if cfg.max_train_s is not None and any_true(
+                    elapsed_before + time.perf_counter() - t_start >= cfg.max_train_s, dist_info
+                ):
+                    out_of_time = True
+                    break
             train_s = time.perf_counter() - t_epoch
             if dist_info.enabled:
                 import torch.distributed as dist
@@ -518,6 +524,8 @@ def _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info: DistI
             last_ckpt = time.perf_counter()
             if cfg.patience is not None and bad_epochs >= cfg.patience:
                 stopped_early = True
+                break
+            if out_of_time:
                 break
     finally:
         if progress is not None:

@@ -1,0 +1,1 @@
+"""Explanations: the CAM engine and its methods, overlays, faithfulness."""
