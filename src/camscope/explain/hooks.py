@@ -22,12 +22,9 @@ def resolve_layers(model: nn.Module, layers: str | nn.Module | list | None) -> l
     """(name, module) pairs for module names (or modules); default: the model's CAM layer."""
     named = dict(model.named_modules())
     if layers is None:
-        default = getattr(model, "camscope_cam_layer", None)
-        if default is None:
-            from camscope.models.torchvision_models import last_conv_name
+        from camscope.models.torchvision_models import default_cam_layer
 
-            default = last_conv_name(model)
-        layers = [default]
+        layers = [default_cam_layer(model)]
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     out = []

@@ -42,6 +42,19 @@ def last_conv_name(model: nn.Module) -> str:
     return name
 
 
+def default_cam_layer(model: nn.Module) -> str:
+    """The registry's layer, the family's usual layer (torchvision class names), or the last conv."""
+    layer = getattr(model, "camscope_cam_layer", None)
+    if layer:
+        return layer
+    family = type(model).__name__.lower()
+    names = dict(model.named_modules())
+    for prefix, name in _CAM_LAYERS.items():
+        if family.startswith(prefix.replace("_", "")) and name in names:
+            return name
+    return last_conv_name(model)
+
+
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
