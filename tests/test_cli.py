@@ -109,3 +109,42 @@ def test_train_command_makes_a_split_and_a_run(tmp_path):
     assert r.exit_code == 2 and "unknown model" in r.output
     r = runner.invoke(app, ["models"])
     assert r.exit_code == 0 and "fastnet" in r.output
+
+
+def test_explain_command_writes_galleries(tmp_path):
+    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
+    from camscope.data.synthetic import CoinSpec, SyntheticSource
+
+    ds = prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=4)), PrepareConfig(size=16))
+    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    run = tmp_path / "run"
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(prepared),
+            "--out",
+            str(run),
+            "--model",
+            "deep_cnn",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--flip",
+            "none",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app, ["explain", str(run), "--data", str(prepared), "--method", "gradcam++", "--per-class", "2"]
+    )
+    assert r.exit_code == 0, r.output
+    pngs = sorted((run / "explain").glob("gradcam++_*.png"))
+    assert pngs and (run / "explain" / "gradcam++_maps.safetensors").is_file()
+    other = save_prepared(
+        prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=5)), PrepareConfig(size=16)),
+        tmp_path / "other.safetensors",
+    )
+    r = runner.invoke(app, ["explain", str(run), "--data", str(other)])
+    assert r.exit_code == 2 and "not the prepared dataset" in r.output

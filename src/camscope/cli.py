@@ -468,6 +468,39 @@ def print_training(result) -> None:
 
 
 @app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
+    data: Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")],
+    split_name: Annotated[str, typer.Option("--split", help="which split to explain")] = "test",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="gradcam | gradcam++ | xgradcam | hirescam | layercam | eigencam | scorecam | ablationcam"
+        ),
+    ] = "gradcam",
+    layer: Annotated[list[str] | None, typer.Option("--layer", help="target layer name (repeatable)")] = None,
+    per_class: Annotated[int, typer.Option(help="images per class and per correct/wrong")] = 6,
+    target: Annotated[str, typer.Option(help="explain the 'pred'icted or the 'true' class")] = "pred",
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (default RUN/explain)")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+):
+    """CAM galleries: per class, the most confident correct and wrong predictions with heat maps."""
+
+    def go():
+        from camscope.explain.gallery import cam_gallery
+
+        if target not in ("pred", "true"):
+            raise CamscopeError(f"--target {target!r} is not pred or true")
+        res = cam_gallery(run, data, split_name, method, layer or None, per_class, target, out, device)
+        console.print(
+            f"{res['n']} {split_name} images explained; "
+            f"{len(res['files'])} galleries in [bold]{res['out']}[/]"
+        )
+
+    _run(go)
+
+
+@app.command()
 def models():
     """List the registered models with their default CAM layer."""
     from camscope.models import registered

@@ -116,3 +116,32 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         elif kind in parts:
             parts[kind][rest] = v
     return Checkpoint(meta, parts["model"], parts["optim"], parts["lookahead"])
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, checkpoint metadata, Preprocess) from a checkpoint or a run folder."""
+    from camscope.models import build_model
+    from camscope.models.inference import Preprocess
+
+    ck = load_checkpoint(path)
+    spec = ck.meta.get("model") or {}
+    if "num_classes" not in spec:
+        raise CamscopeError(
+            f"{path} does not say how to rebuild its model", "it was trained with a custom model"
+        )
+    model = build_model(
+        spec["name"],
+        spec["num_classes"],
+        spec["in_channels"],
+        tuple(spec["image_size"]),
+        **spec.get("kwargs", {}),
+    )
+    missing, unexpected = model.load_state_dict(ck.model, strict=False)
+    if missing or unexpected:
+        raise CamscopeError(
+            f"the weights in {path} do not fit {spec['name']}: "
+            f"{len(missing)} missing, {len(unexpected)} unexpected",
+            "the checkpoint may come from another camscope version",
+        )
+    pp = ck.meta["preprocess"]
+    return model.to(device).eval(), ck.meta, Preprocess(pp["mean"], pp["std"])

@@ -1,0 +1,120 @@
+"""CAM galleries for a trained run: per class, the most confident correct and wrong predictions
+of a split, each with its heat map, true and predicted label and confidence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from camscope.data.prepare import dataset_hash, load_prepared
+from camscope.data.splits import load_split
+from camscope.errors import CamscopeError
+from camscope.explain.engine import explain
+from camscope.explain.overlay import grid, overlay, save_png
+from camscope.models.inference import predict_logits
+from camscope.progress import make_progress
+from camscope.train.checkpoint import load_model
+from camscope.train.trainer import to_channels
+from camscope.utils import atomic_write_bytes
+
+
+def split_tensors(meta: dict, prepared, run_dir: Path, split: str):
+    """(uint8 images, model-class labels, ids) of ``split`` in the run's classes and channels."""
+    ds = load_prepared(prepared)
+    if meta.get("dataset_hash") and dataset_hash(ds) != meta["dataset_hash"]:
+        raise CamscopeError(
+            f"{prepared} is not the prepared dataset the run was trained on",
+            "pass the prepared file used for training (its hash is in the checkpoint's JSON)",
+        )
+    assignment = load_split(run_dir)
+    classes = meta["classes"]
+    idx_of = {c: k for k, c in enumerate(classes)}
+    pos = {i: k for k, i in enumerate(ds.ids)}
+    rows = [
+        (pos[i], idx_of[ds.classes[int(ds.labels[pos[i]])]])
+        for i, s in assignment.items()
+        if s == split
+        and i in pos
+        and int(ds.labels[pos[i]]) >= 0
+        and ds.classes[int(ds.labels[pos[i]])] in idx_of
+    ]
+    if not rows:
+        raise CamscopeError(
+            f"the split has no {split!r} items of the model's classes", "pick another --split"
+        )
+    index = torch.tensor([r[0] for r in rows])
+    images = to_channels(ds.images[index], meta["preprocess"]["channels"])
+    return images, torch.tensor([r[1] for r in rows]), [ds.ids[int(i)] for i in index]
+
+
+def cam_gallery(
+    run_dir: str | Path,
+    prepared: str | Path,
+    split: str = "test",
+    method: str = "gradcam",
+    layers: list[str] | None = None,
+    per_class: int = 6,
+    target: str = "pred",
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    batch: int = 64,
+) -> dict:
+    run = Path(run_dir)
+    out = Path(out_dir) if out_dir else run / "explain"
+    model, meta, prep = load_model(run, device)
+    images, labels, ids = split_tensors(meta, prepared, run, split)
+    classes = meta["classes"]
+    logits = predict_logits(model, images, prep, batch_size=256, device=device)
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    chosen: list[tuple[int, str, int]] = []  # (row, group, class)
+    for c in range(len(classes)):
+        for group, mask in (("correct", (labels == c) & (pred == c)), ("wrong", (labels == c) & (pred != c))):
+            rows = mask.nonzero().flatten()
+            rows = rows[conf[rows].argsort(descending=True)][:per_class]
+            chosen += [(int(r), group, c) for r in rows]
+    if not chosen:
+        raise CamscopeError("nothing to explain")
+    sel = torch.tensor([r for r, _, _ in chosen])
+    tgt = pred[sel] if target == "pred" else labels[sel]
+    maps = []
+    with make_progress() as progress:
+        task = progress.add_task(f"{method} maps", total=len(sel))
+        for s in range(0, len(sel), batch):
+            part = sel[s : s + batch]
+            res = explain(
+                model, prep(images[part].to(device)), method, targets=tgt[s : s + batch], layers=layers
+            )
+            maps.append(res.first().cpu())
+            progress.advance(task, len(part))
+    maps_t = torch.cat(maps)
+    tiles = overlay(images[sel], maps_t)
+    written = []
+    for c, name in enumerate(classes):
+        for group in ("correct", "wrong"):
+            k = [i for i, (_, g, cc) in enumerate(chosen) if g == group and cc == c]
+            if not k:
+                continue
+            caps = [
+                f"true {classes[int(labels[sel[i]])]}\n"
+                f"pred {classes[int(pred[sel[i]])]} {float(conf[sel[i]]):.2f}"
+                for i in k
+            ]
+            scale = max(1, 96 // tiles.shape[-2])
+            img = grid(tiles[k], caps, cols=per_class, scale=scale)
+            written.append(save_png(img, out / f"{method}_{_safe(name)}_{group}.png"))
+    atomic_write_bytes(
+        out / f"{method}_maps.safetensors",
+        save(
+            {"maps": maps_t.contiguous(), "rows": sel},
+            metadata={"ids": json.dumps([ids[int(i)] for i in sel])},
+        ),
+    )
+    return {"files": [str(p) for p in written], "n": len(sel), "out": str(out), "split": split}
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:60]
