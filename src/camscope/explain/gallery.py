@@ -13,7 +13,8 @@ from camscope.data.prepare import dataset_hash, load_prepared
 from camscope.data.splits import load_split
 from camscope.errors import CamscopeError
 from camscope.explain.engine import explain
-from camscope.explain.overlay import grid, overlay, save_png
+from camscope.explain.overlay import overlay
+from camscope.figures import grid, save_png
 from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
 from camscope.train.checkpoint import load_model
