@@ -468,6 +468,78 @@ def print_training(result) -> None:
 
 
 @app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
+    data: Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")],
+    split_name: Annotated[str, typer.Option("--split", help="which split to evaluate")] = "test",
+    tta: Annotated[str | None, typer.Option(help="none | flip | flip_translate (default: the run's)")] = None,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals (0: off)")] = 1000,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (default RUN/eval)")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+):
+    """Accuracy, precision/recall/F1, confusion matrices, calibration and error gallery of a run."""
+
+    def go():
+        from camscope.evaluate.run import evaluate_run
+
+        res = evaluate_run(run, data, split_name, tta, out, device, bootstrap)
+        print_evaluation(res)
+        console.print(f"written to [bold]{out or Path(run) / 'eval'}[/]")
+
+    _run(go)
+
+
+def print_evaluation(res: dict) -> None:
+    t = Table(title=f"evaluation on {res['split']} (TTA: {res['tta']})")
+    cols = [("all", res["all"])]
+    if "accuracy" in res["leak_free"]:
+        cols.append(
+            (f"leak-free (-{res['leak_free']['n_excluded_with_duplicate_in_train']})", res["leak_free"])
+        )
+    t.add_column("metric")
+    for name, _ in cols:
+        t.add_column(name, justify="right")
+
+    def ci(m, key):
+        v = m.get("ci", {}).get(key)
+        return f"{v[0]:.4f} - {v[1]:.4f}" if v else ""
+
+    rows = [
+        ("items", lambda m: str(m["n"])),
+        ("accuracy", lambda m: f"{m['accuracy']:.4f}"),
+        ("  95% CI", lambda m: ci(m, "accuracy")),
+        ("macro F1", lambda m: f"{m['macro']['f1']:.4f}"),
+        ("  95% CI", lambda m: ci(m, "macro_f1")),
+        ("macro precision", lambda m: f"{m['macro']['precision']:.4f}"),
+        ("macro recall", lambda m: f"{m['macro']['recall']:.4f}"),
+        ("weighted F1", lambda m: f"{m['weighted']['f1']:.4f}"),
+        ("ECE", lambda m: f"{m['ece']:.4f}"),
+    ]
+    for label, fn in rows:
+        t.add_row(label, *(fn(m) for _, m in cols))
+    console.print(t)
+    pc = Table(title="per class")
+    for c in ("class", "precision", "recall", "F1", "support"):
+        pc.add_column(c, justify="right")
+    for row in res["all"]["per_class"]:
+        pc.add_row(
+            row["class"],
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            str(row["support"]),
+        )
+    console.print(pc)
+    if res["all"]["most_confused"]:
+        console.print(
+            "most confused: "
+            + ", ".join(
+                f"{d['true']}->{d['predicted']} ({d['count']})" for d in res["all"]["most_confused"][:5]
+            )
+        )
+
+
+@app.command()
 def explain(
     run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
     data: Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")],

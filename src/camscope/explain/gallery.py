@@ -9,46 +9,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from camscope.data.prepare import dataset_hash, load_prepared
-from camscope.data.splits import load_split
 from camscope.errors import CamscopeError
+from camscope.evaluate.data import split_tensors
 from camscope.explain.engine import explain
 from camscope.explain.overlay import overlay
 from camscope.figures import grid, save_png
 from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
 from camscope.train.checkpoint import load_model
-from camscope.train.trainer import to_channels
 from camscope.utils import atomic_write_bytes
-
-
-def split_tensors(meta: dict, prepared, run_dir: Path, split: str):
-    """(uint8 images, model-class labels, ids) of ``split`` in the run's classes and channels."""
-    ds = load_prepared(prepared)
-    if meta.get("dataset_hash") and dataset_hash(ds) != meta["dataset_hash"]:
-        raise CamscopeError(
-            f"{prepared} is not the prepared dataset the run was trained on",
-            "pass the prepared file used for training (its hash is in the checkpoint's JSON)",
-        )
-    assignment = load_split(run_dir)
-    classes = meta["classes"]
-    idx_of = {c: k for k, c in enumerate(classes)}
-    pos = {i: k for k, i in enumerate(ds.ids)}
-    rows = [
-        (pos[i], idx_of[ds.classes[int(ds.labels[pos[i]])]])
-        for i, s in assignment.items()
-        if s == split
-        and i in pos
-        and int(ds.labels[pos[i]]) >= 0
-        and ds.classes[int(ds.labels[pos[i]])] in idx_of
-    ]
-    if not rows:
-        raise CamscopeError(
-            f"the split has no {split!r} items of the model's classes", "pick another --split"
-        )
-    index = torch.tensor([r[0] for r in rows])
-    images = to_channels(ds.images[index], meta["preprocess"]["channels"])
-    return images, torch.tensor([r[1] for r in rows]), [ds.ids[int(i)] for i in index]
 
 
 def cam_gallery(

@@ -1,0 +1,1 @@
+"""Evaluation: honest metrics on held-out splits, calibration, figures."""

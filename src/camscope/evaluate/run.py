@@ -1,0 +1,192 @@
+"""`camscope evaluate RUN`: metrics on a held-out split, written to RUN/eval/ and printed.
+
+Next to the numbers on the whole test split stand the same numbers on the test items that have
+no (near-)duplicate in training, so a leak cannot flatter the result unnoticed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from camscope.evaluate.data import leak_flags, split_tensors
+from camscope.evaluate.metrics import classification_metrics
+from camscope.figures import grid, save_png
+from camscope.models.inference import predict_logits
+from camscope.train.checkpoint import load_model
+from camscope.utils import atomic_write_text
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    prepared: str | Path,
+    split: str = "test",
+    tta: str | None = None,
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    bootstrap: int = 1000,
+    gallery: int = 24,
+) -> dict:
+    run = Path(run_dir)
+    out = Path(out_dir) if out_dir else run / "eval"
+    model, meta, prep = load_model(run, device)
+    classes = meta["classes"]
+    images, labels, ids = split_tensors(meta, prepared, run, split)
+    tta = tta or meta["preprocess"].get("tta") or "none"
+    logits = predict_logits(
+        model,
+        images,
+        prep,
+        batch_size=512,
+        tta=tta,
+        device=device,
+        channels_last=torch.device(device).type == "cpu",
+    )
+    leaked = leak_flags(run, ids)
+    result = {
+        "split": split,
+        "tta": tta,
+        "checkpoint": meta.get("best"),
+        "all": classification_metrics(logits, labels, classes, bootstrap),
+    }
+    clean = ~leaked
+    result["leak_free"] = {
+        "n_excluded_with_duplicate_in_train": int(leaked.sum()),
+        **(classification_metrics(logits[clean], labels[clean], classes, bootstrap) if clean.any() else {}),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _write_tables(out, result, classes)
+    _confusion_png(out / "confusion.png", np.array(result["all"]["confusion"]), classes)
+    _reliability_png(out / "reliability.png", result["all"]["reliability"], result["all"]["ece"])
+    _misclassified_png(out / "misclassified.png", images, labels, logits, classes, gallery)
+    _write_predictions(out / "predictions.csv", ids, labels, logits, classes, leaked)
+    summary = {k: v for k, v in result.items()}
+    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=1))
+    return result
+
+
+def _write_tables(out: Path, result: dict, classes: list[str]) -> None:
+    m = result["all"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "precision", "recall", "f1", "support"])
+    for row in m["per_class"]:
+        w.writerow(
+            [
+                row["class"],
+                f"{row['precision']:.6f}",
+                f"{row['recall']:.6f}",
+                f"{row['f1']:.6f}",
+                row["support"],
+            ]
+        )
+    atomic_write_text(out / "per_class.csv", buf.getvalue())
+    for name, key in (("confusion.csv", "confusion"), ("confusion_normalised.csv", "confusion_normalised")):
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["true \\ predicted", *classes])
+        for c, row in zip(classes, m[key], strict=True):
+            w.writerow([c, *(f"{v:.6f}" if isinstance(v, float) else v for v in row)])
+        atomic_write_text(out / name, buf.getvalue())
+    atomic_write_text(out / "classification_report.txt", m["report"])
+
+
+def _write_predictions(path: Path, ids, labels, logits, classes, leaked) -> None:
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "true", "predicted", "confidence", "loss", "dup_in_train"])
+    for i in range(len(ids)):
+        w.writerow(
+            [
+                ids[i],
+                classes[int(labels[i])],
+                classes[int(pred[i])],
+                f"{float(conf[i]):.6f}",
+                f"{float(loss[i]):.6f}",
+                int(leaked[i]),
+            ]
+        )
+    atomic_write_text(path, buf.getvalue())
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _confusion_png(path: Path, cm: np.ndarray, classes: list[str]) -> None:
+    plt = _plt()
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    k = len(classes)
+    size = min(14, 2.5 + 0.45 * k)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    for ax, data, title, fmt in (
+        (axes[0], cm, "counts", "d"),
+        (axes[1], norm, "row-normalised (recall)", ".2f"),
+    ):
+        ax.imshow(data, cmap="Blues", vmin=0)
+        ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title=title)
+        ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticklabels(classes, fontsize=8)
+        if k <= 20:
+            top = data.max() or 1
+            for i in range(k):
+                for j in range(k):
+                    ax.text(
+                        j,
+                        i,
+                        format(data[i, j], fmt),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if data[i, j] > top / 2 else "black",
+                    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _reliability_png(path: Path, table: list[dict], ece: float) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    centres = [(b["lo"] + b["hi"]) / 2 for b in table if b["count"]]
+    accs = [b["accuracy"] for b in table if b["count"]]
+    ax.bar(centres, accs, width=1 / len(table), edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set(
+        xlabel="confidence", ylabel="accuracy", title=f"reliability (ECE {ece:.3f})", xlim=(0, 1), ylim=(0, 1)
+    )
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _misclassified_png(path: Path, images, labels, logits, classes, n: int) -> None:
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    conf, pred = logits.softmax(1).max(1)
+    order = loss.argsort(descending=True)
+    order = order[pred[order] != labels[order]][:n]
+    if not len(order):
+        return
+    tiles = images[order]
+    if tiles.shape[1] == 1:
+        tiles = tiles.expand(-1, 3, -1, -1)
+    caps = [
+        f"true {classes[int(labels[i])]}\npred {classes[int(pred[i])]} {float(conf[i]):.2f}" for i in order
+    ]
+    save_png(grid(tiles.contiguous(), caps, cols=8, scale=max(1, 96 // tiles.shape[-2])), path)

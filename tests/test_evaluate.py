@@ -1,0 +1,117 @@
+"""Metrics against hand-computed cases, and the evaluate command end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from camscope.cli import app
+from camscope.evaluate.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    expected_calibration_error,
+    top_k_accuracy,
+)
+
+
+def _logits_for(pred: list[int], k: int = 3, conf: float = 4.0) -> torch.Tensor:
+    lg = torch.zeros(len(pred), k)
+    lg[torch.arange(len(pred)), torch.tensor(pred)] = conf
+    return lg
+
+
+def test_metrics_by_hand():
+    # true 0 0 0 1 1 2 ; predicted 0 0 1 1 2 2
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    m = classification_metrics(_logits_for([0, 0, 1, 1, 2, 2]), y, ["a", "b", "c"], bootstrap=0)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    per = {r["class"]: r for r in m["per_class"]}
+    assert per["a"]["precision"] == 1.0 and per["a"]["recall"] == pytest.approx(2 / 3)
+    assert per["b"]["precision"] == pytest.approx(1 / 2) and per["b"]["recall"] == pytest.approx(1 / 2)
+    assert per["c"]["precision"] == pytest.approx(1 / 2) and per["c"]["recall"] == 1.0
+    f1 = [2 * 1 * (2 / 3) / (1 + 2 / 3), 0.5, 2 * 0.5 / 1.5]
+    assert m["macro"]["f1"] == pytest.approx(np.mean(f1))
+    assert m["weighted"]["f1"] == pytest.approx(np.average(f1, weights=[3, 2, 1]))
+    assert m["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["confusion_normalised"][0] == pytest.approx([2 / 3, 1 / 3, 0])
+    assert {"true": "a", "predicted": "b", "count": 1} in m["most_confused"]
+
+
+def test_top_k_and_calibration_by_hand():
+    logits = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    labels = np.array([1, 0])
+    assert top_k_accuracy(logits, labels, 1) == 0.0
+    assert top_k_accuracy(logits, labels, 2) == 0.5
+    assert top_k_accuracy(logits, labels, 3) == 1.0
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    ece, table = expected_calibration_error(probs, np.array([0, 1, 0, 0]), bins=10)
+    # bin (0.8, 0.9]: acc 0.5 at conf 0.9; bin (0.5, 0.6]: acc 1.0 at conf 0.6
+    assert ece == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+    assert sum(b["count"] for b in table) == 4
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 2000)
+    pred = np.where(rng.random(2000) < 0.8, y, (y + 1) % 3)
+    ci = bootstrap_ci(pred, y, 3, resamples=500)
+    acc = (pred == y).mean()
+    assert ci["accuracy"][0] < acc < ci["accuracy"][1]
+    small = bootstrap_ci(pred[:200], y[:200], 3, resamples=500)
+    assert (small["accuracy"][1] - small["accuracy"][0]) > (ci["accuracy"][1] - ci["accuracy"][0])
+    assert bootstrap_ci(pred, y, 3, resamples=100, seed=1) == bootstrap_ci(pred, y, 3, resamples=100, seed=1)
+
+
+def test_evaluate_command_end_to_end(tmp_path):
+    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
+    from camscope.data.synthetic import CoinSpec, SyntheticSource
+
+    ds = prepare(SyntheticSource(CoinSpec(n=80, size=16, seed=1)), PrepareConfig(size=16))
+    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    run = tmp_path / "run"
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(prepared),
+            "--out",
+            str(run),
+            "--model",
+            "gray_cnn",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--flip",
+            "none",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(run), "--data", str(prepared), "--bootstrap", "200"])
+    assert r.exit_code == 0, r.output
+    assert "leak-free" in r.output and "per class" in r.output
+    ev = run / "eval"
+    for f in (
+        "metrics.json",
+        "per_class.csv",
+        "confusion.csv",
+        "confusion_normalised.csv",
+        "confusion.png",
+        "reliability.png",
+        "predictions.csv",
+        "classification_report.txt",
+    ):
+        assert (ev / f).is_file(), f
+    metrics = json.loads((ev / "metrics.json").read_text())
+    n_test = sum(1 for line in (run / "split.csv").read_text().splitlines()[1:] if ",test," in line)
+    assert metrics["all"]["n"] == n_test
+    assert (
+        metrics["all"]["ci"]["accuracy"][0]
+        <= metrics["all"]["accuracy"]
+        <= metrics["all"]["ci"]["accuracy"][1]
+    )
