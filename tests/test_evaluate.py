@@ -115,3 +115,67 @@ def test_evaluate_command_end_to_end(tmp_path):
         <= metrics["all"]["accuracy"]
         <= metrics["all"]["ci"]["accuracy"][1]
     )
+
+
+def test_predict_command_on_new_files(tmp_path):
+    from PIL import Image
+
+    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
+    from camscope.data.synthetic import CoinSpec, SyntheticSource
+
+    ds = prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=3)), PrepareConfig(size=16, combine="channels"))
+    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    run = tmp_path / "run"
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(prepared),
+            "--out",
+            str(run),
+            "--model",
+            "gray_cnn",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--flip",
+            "none",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(ds.images[i, :3].permute(1, 2, 0).numpy()).resize((40, 30)).save(folder / f"h{i}.png")
+        Image.fromarray(ds.images[i, 3:].permute(1, 2, 0).numpy()).save(folder / f"t{i}.jpg")
+    (folder / "broken_h.png").write_bytes(b"not an image")
+    (folder / "pairs.csv").write_text(
+        "heads,tails\n" + "".join(f"h{i}.png,t{i}.jpg\n" for i in range(3)) + "broken_h.png,t0.jpg\n"
+    )
+    out = tmp_path / "pred.csv"
+    r = runner.invoke(
+        app,
+        [
+            "predict",
+            str(run),
+            str(folder / "pairs.csv"),
+            "--image-col",
+            "heads",
+            "--image-col",
+            "tails",
+            "--out",
+            str(out),
+            "--top-k",
+            "2",
+            "--cam",
+            "gradcam",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "path,label_1,confidence_1,label_2,confidence_2" and len(lines) == 4
+    assert "skipped broken_h.png" in r.output and len(list((tmp_path / "cams").glob("*.png"))) == 3
+    r = runner.invoke(app, ["predict", str(run), str(folder / "h0.png"), "--out", str(out)])
+    assert r.exit_code == 2 and "2-sided" in r.output

@@ -540,6 +540,39 @@ def print_evaluation(res: dict) -> None:
 
 
 @app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
+    paths: Annotated[list[str], typer.Argument(help="image files, folders, or a CSV of image paths")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="predictions CSV to write")] = Path(
+        "predictions.csv"
+    ),
+    top_k: Annotated[int, typer.Option("--top-k", help="labels per image")] = 3,
+    image_col: ImageCol = None,
+    cam: Annotated[
+        str | None, typer.Option(help="also save CAM overlays with this method, e.g. gradcam")
+    ] = None,
+    cam_dir: Annotated[
+        Path | None, typer.Option(help="folder for the overlays (default: next to --out)")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="images per batch")] = 64,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+):
+    """Classify new images with a trained run, using the run's own preparation and preprocessing."""
+
+    def go():
+        from camscope.predict import predict_paths
+
+        res = predict_paths(run, paths, out, top_k, image_col, cam, cam_dir, batch, device)
+        for p in res["skipped"]:
+            err.print(f"[yellow]skipped {p['path']}: {p['kind']}: {p['detail']}[/]")
+        console.print(
+            f"{res['predicted']} images classified, {len(res['skipped'])} skipped; [bold]{res['out']}[/]"
+        )
+
+    _run(go)
+
+
+@app.command()
 def explain(
     run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
     data: Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")],

@@ -11,6 +11,18 @@ from PIL import Image, ImageDraw, ImageFont
 from camscope.utils import atomic_write_bytes
 
 
+def displayable(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, 3, H, W'): gray repeated; sides stacked as channels (C = 3s) laid side by side."""
+    c = images.shape[1]
+    if c == 1:
+        return images.expand(-1, 3, -1, -1)
+    if c > 3 and c % 3 == 0:
+        return torch.cat([images[:, i : i + 3] for i in range(0, c, 3)], dim=-1)
+    if c != 3:
+        return images[:, :1].expand(-1, 3, -1, -1)
+    return images
+
+
 def grid(
     tiles: torch.Tensor,
     captions: list[str] | None = None,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from camscope.evaluate.data import leak_flags, split_tensors
 from camscope.evaluate.metrics import classification_metrics
-from camscope.figures import grid, save_png
+from camscope.figures import displayable, grid, save_png
 from camscope.models.inference import predict_logits
 from camscope.train.checkpoint import load_model
 from camscope.utils import atomic_write_text
@@ -183,9 +183,7 @@ def _misclassified_png(path: Path, images, labels, logits, classes, n: int) -> N
     order = order[pred[order] != labels[order]][:n]
     if not len(order):
         return
-    tiles = images[order]
-    if tiles.shape[1] == 1:
-        tiles = tiles.expand(-1, 3, -1, -1)
+    tiles = displayable(images[order])
     caps = [
         f"true {classes[int(labels[i])]}\npred {classes[int(pred[i])]} {float(conf[i]):.2f}" for i in order
     ]

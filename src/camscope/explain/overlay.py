@@ -24,10 +24,13 @@ def colorize(maps: torch.Tensor, cmap: str = "jet") -> torch.Tensor:
 
 
 def overlay(images: torch.Tensor, maps: torch.Tensor, alpha: float = 0.45, cmap: str = "jet") -> torch.Tensor:
-    """uint8 images (N, C, H, W; C = 1 or 3) blended with their maps -> uint8 (N, 3, H, W)."""
-    img = images.float() / 255
-    if img.shape[1] == 1:
-        img = img.expand(-1, 3, -1, -1)
+    """uint8 images (N, C, H, W) blended with their maps -> uint8 (N, 3, H, W'), see ``displayable``."""
+    from camscope.figures import displayable
+
+    sides = images.shape[1] // 3 if images.shape[1] > 3 and images.shape[1] % 3 == 0 else 1
+    img = displayable(images).float() / 255
+    if sides > 1:  # one map for sides stacked as channels: show it on each side
+        maps = maps.repeat(1, 1, sides)
     if maps.shape[-2:] != img.shape[-2:]:
         maps = torch.nn.functional.interpolate(maps[:, None], size=img.shape[-2:], mode="bilinear")[:, 0]
     heat = colorize(maps.to(img.device), cmap)

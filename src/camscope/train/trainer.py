@@ -100,7 +100,7 @@ def select_data(ds: PreparedDataset, split: dict[str, str], channels: int | None
         [ds.ids[i] for i in tr],
         [ds.ids[i] for i in va],
         dataset_hash(ds),
-        {k: v for k, v in ds.info.items() if k in ("preprocess", "source", "schema")},
+        {k: v for k, v in ds.info.items() if k in ("preprocessing", "source", "schema")},
     )
 
 
@@ -300,7 +300,7 @@ def _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info: DistI
             "channels": c,
             "size": [h, w],
             "tta": cfg.tta,
-            "prepared": data.prepare_info.get("preprocess"),
+            "prepared": data.prepare_info.get("preprocessing"),
         },
         "dataset_hash": data.dataset_hash,
         "config": cfg.model_dump(),

@@ -1,0 +1,151 @@
+"""`camscope predict RUN PATH...`: classify new images with a trained run (optionally with CAMs).
+
+Each image goes through the run's own preparation (decode, EXIF, resize policy, size, channels,
+and for two-sided runs the joining of both sides) and preprocessing; bad files are reported and
+skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camscope.data.imageio import IMAGE_EXTS, ImageProblem, decode, fit
+from camscope.data.prepare import _combine, _to_array
+from camscope.errors import CamscopeError
+from camscope.models.inference import predict_logits
+from camscope.progress import make_progress
+from camscope.train.checkpoint import load_model
+from camscope.utils import atomic_write_text
+
+
+def collect_inputs(paths: list[str], image_cols: list[str] | None = None) -> list[tuple[str, list[Path]]]:
+    """(name, [side files]) for files, folders (recursively) and CSV files (``image_cols``)."""
+    items: list[tuple[str, list[Path]]] = []
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
+                    items.append((str(f), [f]))
+        elif p.suffix.lower() == ".csv":
+            with open(p, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                cols = image_cols or (["path"] if "path" in (reader.fieldnames or []) else None)
+                if not cols or not set(cols) <= set(reader.fieldnames or []):
+                    raise CamscopeError(
+                        f"{p} has no image column {cols or 'path'}",
+                        f"name it with --image-col; columns: {', '.join(reader.fieldnames or [])}",
+                    )
+                for row in reader:
+                    files = [(p.parent / row[c]) for c in cols]
+                    items.append((" | ".join(row[c] for c in cols), files))
+        else:
+            items.append((str(p), [p]))
+    if not items:
+        raise CamscopeError("no images found in the given paths", "pass image files, folders or a CSV")
+    return items
+
+
+def _prepare_one(files: list[Path], spec: dict) -> np.ndarray:
+    parts = []
+    for f in files:
+        try:
+            data = f.read_bytes()
+        except OSError as e:
+            raise ImageProblem("missing_file", str(e)) from None
+        img = decode(data, draft=(spec["size"] * 2, spec["size"] * 2))
+        parts.append(_to_array(fit(img, spec["size"], spec["policy"]), spec["channels"]))
+    return _combine(parts, spec.get("combine", "side_by_side"))
+
+
+def predict_paths(
+    run_dir: str | Path,
+    paths: list[str],
+    out_csv: str | Path,
+    top_k: int = 3,
+    image_cols: list[str] | None = None,
+    cam: str | None = None,
+    cam_dir: str | Path | None = None,
+    batch: int = 64,
+    device: str = "cpu",
+) -> dict:
+    model, meta, prep = load_model(run_dir, device)
+    spec = (meta.get("preprocess") or {}).get("prepared")
+    if not spec:
+        raise CamscopeError(
+            "the run does not record how its images were prepared", "retrain it with this version"
+        )
+    spec = {**spec, "channels": meta["preprocess"]["channels"]}
+    sides = int(spec.get("sides", 1))
+    items = collect_inputs(paths, image_cols)
+    wrong = [(name, len(files)) for name, files in items if len(files) != sides]
+    if wrong:
+        raise CamscopeError(
+            f"the run was trained on {sides}-sided objects, but {wrong[0][0]!r} gives {wrong[0][1]} file(s)",
+            "pass a CSV with one --image-col per side" if sides > 1 else "pass one image per item",
+        )
+    classes = meta["classes"]
+    k = min(top_k, len(classes))
+    rows, problems = [], []
+    tta = meta["preprocess"].get("tta") or "none"
+    with make_progress() as progress:
+        task = progress.add_task("predicting", total=len(items))
+        for s in range(0, len(items), batch):
+            chunk, arrays = [], []
+            for name, files in items[s : s + batch]:
+                try:
+                    arrays.append(_prepare_one(files, spec))
+                    chunk.append(name)
+                except ImageProblem as e:
+                    problems.append({"path": name, "kind": e.kind, "detail": e.detail})
+            if arrays:
+                x = torch.from_numpy(np.stack(arrays))
+                probs = predict_logits(model, x, prep, batch, tta, device).softmax(1)
+                conf, idx = probs.topk(k, dim=1)
+                for i, name in enumerate(chunk):
+                    row = {"path": name}
+                    for j in range(k):
+                        row[f"label_{j + 1}"] = classes[int(idx[i, j])]
+                        row[f"confidence_{j + 1}"] = f"{float(conf[i, j]):.6f}"
+                    rows.append(row)
+                if cam:
+                    _save_cams(
+                        model,
+                        x,
+                        prep,
+                        idx[:, 0],
+                        chunk,
+                        cam,
+                        Path(cam_dir or Path(out_csv).parent / "cams"),
+                        classes,
+                        conf[:, 0],
+                    )
+            progress.advance(task, len(items[s : s + batch]))
+    buf = io.StringIO()
+    fields = ["path"] + [f for j in range(k) for f in (f"label_{j + 1}", f"confidence_{j + 1}")]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out_csv, buf.getvalue())
+    return {"predicted": len(rows), "skipped": problems, "out": str(out_csv)}
+
+
+def _save_cams(model, x, prep, targets, names, method, out: Path, classes, conf) -> None:
+    from camscope.explain.engine import explain
+    from camscope.explain.overlay import overlay
+    from camscope.figures import grid, save_png
+
+    maps = explain(model, prep(x), method, targets=targets).first().cpu()
+    tiles = overlay(x, maps)
+    for i, name in enumerate(names):
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(name.split(" | ")[0]).stem)
+        cap = [f"{classes[int(targets[i])]} {float(conf[i]):.2f}"]
+        save_png(
+            grid(tiles[i : i + 1], cap, cols=1, scale=max(1, 128 // x.shape[-2])),
+            out / f"{stem}_{method}.png",
+        )
