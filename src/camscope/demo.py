@@ -1,7 +1,8 @@
 """`make demo`: everything that exists so far, end to end, on synthetic coins.
 
 Writes a messy two-sided coin dataset (planted problems of every kind), audits it, prepares it
-(leaving out what the audit found broken) and makes a leak-free split. Output: ./demo-output.
+(leaving out what the audit found broken), makes a leak-free split, trains a small CNN, evaluates
+it and draws Grad-CAM galleries. Output: ./demo-output.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from camscope.cli import BAD_FILE_KINDS, console, print_audit, print_split
+from camscope.cli import BAD_FILE_KINDS, console, print_audit, print_evaluation, print_split, print_training
 from camscope.data.audit import audit, write_audit
 from camscope.data.messy import HEADS, LABEL_REGEX, TAILS, write_messy_coins
 from camscope.data.prepare import PrepareConfig, prepare, save_prepared
@@ -47,11 +48,35 @@ def main(out: str | Path = "demo-output") -> Path:
     result = make_split(ds, SplitConfig(seed=0), report)
     split_csv, _ = write_split(result, out / "run")
     print_split(result.summary)
+    console.rule("5. train (deep_cnn, no flips: coins have a handedness)")
+    from camscope.evaluate.run import evaluate_run
+    from camscope.explain.gallery import cam_gallery
+    from camscope.train.config import make_config
+    from camscope.train.run import train_from_files
+
+    cfg = make_config(
+        "deep_cnn",
+        epochs=12,
+        batch_size=32,
+        lr=2e-3,
+        flip="none",
+        translate=2,
+        model_args={"widths": [16, 32, 64, 64]},
+    )
+    print_training(train_from_files(prepared, out / "run", cfg))
+    console.rule("6. evaluate on the test split")
+    print_evaluation(evaluate_run(out / "run", prepared, bootstrap=500))
+    console.rule("7. explain (Grad-CAM galleries per class, correct and wrong)")
+    gal = cam_gallery(out / "run", prepared, method="gradcam", per_class=4)
     console.rule("done")
-    console.print(f"audit:    {audit_path}\nprepared: {prepared}\nsplit:    {split_csv}")
     console.print(
-        f"demo finished in {time.perf_counter() - t0:.1f} s; training, evaluation, explanations and "
-        "the HTML report arrive with the next layers"
+        f"audit:    {audit_path}\nprepared: {prepared}\nsplit:    {split_csv}\n"
+        f"run:      {out / 'run'} (checkpoints, metrics, learning_curve.png)\n"
+        f"eval:     {out / 'run' / 'eval'}\ngalleries: {gal['out']}"
+    )
+    console.print(
+        f"demo finished in {time.perf_counter() - t0:.1f} s; "
+        "probes and the HTML report arrive with the next layers"
     )
     return out
 
