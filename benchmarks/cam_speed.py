@@ -61,7 +61,7 @@ def run_case(name, model, layer_name, x, methods, repeats, device, score_n):
         n = len(xs)
 
         def ours(xs=xs, ts=ts, m=m):
-            return explain(model, xs, m, targets=ts, layers=[layer_name], score_batch=256).first()
+            return explain(model, xs, m, targets=ts, layers=[layer_name]).first()
 
         def theirs(xs=xs, ts=ts, m=m):
             cam = getattr(pytorch_grad_cam, REF[m])(model=model, target_layers=[layer])

@@ -98,23 +98,30 @@ def explain(
     layers=None,
     output: Callable | int | None = None,
     batch_size: int | None = None,
-    score_batch: int = 256,
+    score_batch: int | None = None,
     eigen_sign_fix: bool = True,
+    channels_last: bool | None = None,
 ) -> CAMResult:
     """CAMs of ``images`` (already preprocessed float N x C x H x W) for ``model``.
 
     ``targets``: None (the predicted class), a class index, one index per image, or an (N, T)
     tensor for several classes per image. ``layers``: module names or modules (default: the
     registry's CAM layer, else the last convolution). ``output`` picks the logits from models
-    that return tuples or dicts. The model's mode and ``requires_grad`` flags are restored.
+    that return tuples or dicts. ``channels_last`` (default: on for CPUs) runs the convolutions in
+    that layout. The model's mode, ``requires_grad`` flags and memory format are restored.
     """
     m = method(method_name)
     named = resolve_layers(model, layers)
     device = next(model.parameters()).device
+    cl = device.type == "cpu" if channels_last is None else channels_last
     images = images.to(device)
+    if cl and images.ndim == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
     bs = batch_size or len(images)
+    if score_batch is None:  # masked copies per forward pass: ~1 M pixels stays in cache
+        score_batch = max(8, min(512, (1 << 20) // (images.shape[-1] * images.shape[-2])))
     parts = []
-    with explaining(model):
+    with explaining(model, cl):
         for i in range(0, len(images), bs):
             chunk_targets = targets
             if targets is not None and not isinstance(targets, int):

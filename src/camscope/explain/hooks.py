@@ -93,17 +93,28 @@ def capture(
             h.remove()
 
 
+def _is_channels_last(model: nn.Module) -> bool:
+    w = next((p for p in model.parameters() if p.ndim == 4), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
 @contextmanager
-def explaining(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and frozen parameters for the duration; the caller's state comes back after."""
+def explaining(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Module]:
+    """Eval mode and frozen parameters (and optionally channels_last weights, ~1.5x faster
+    convolutions on CPUs) for the duration; the caller's state comes back after."""
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
+    was_cl = _is_channels_last(model)
     try:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
+        if channels_last and not was_cl:
+            model.to(memory_format=torch.channels_last)
         yield model
     finally:
+        if channels_last and not was_cl:
+            model.to(memory_format=torch.contiguous_format)
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
         model.train(was_training)
