@@ -441,3 +441,40 @@ def test_time_budget_stops_training(tmp_path):
     assert time.perf_counter() - t < 30
     assert len(res.history) < 500 and res.history[-1]["epoch"] == len(res.history)
     assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_tensorboard_and_mlflow_logging(tmp_path, monkeypatch):
+    import types
+
+    calls: list[tuple] = []
+    fake = types.SimpleNamespace(
+        set_tracking_uri=lambda uri: calls.append(("uri", uri)),
+        start_run=lambda run_name: calls.append(("start", run_name)),
+        log_params=lambda p: calls.append(("params", sorted(p))),
+        log_metrics=lambda m, step: calls.append(("metrics", step, sorted(m))),
+        end_run=lambda: calls.append(("end",)),
+    )
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    has_tb = True
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        has_tb = False
+    cfg = make_config(
+        "gray_cnn", epochs=2, batch_size=24, tensorboard=has_tb, mlflow_uri="file:///tmp/mlruns"
+    )
+    train(cfg, toy_data(channels=1), tmp_path / "run")
+    assert (
+        calls[0] == ("uri", "file:///tmp/mlruns") and calls[1] == ("start", "run") and calls[-1] == ("end",)
+    )
+    steps = [c for c in calls if c[0] == "metrics"]
+    assert [c[1] for c in steps] == [1, 2] and "val_acc" in steps[0][2]
+    if has_tb:
+        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_missing_logging_package_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import fails
+    cfg = make_config("gray_cnn", epochs=1, batch_size=24, mlflow_uri="http://localhost:5000")
+    with pytest.raises(CamscopeError, match="pip install mlflow"):
+        train(cfg, toy_data(channels=1), tmp_path / "run")
