@@ -146,5 +146,11 @@ def test_explain_command_writes_galleries(tmp_path):
         prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=5)), PrepareConfig(size=16)),
         tmp_path / "other.safetensors",
     )
+    for m in ("occlusion", "guided_gradcam"):
+        r = runner.invoke(
+            app, ["explain", str(run), "--data", str(prepared), "--method", m, "--per-class", "1"]
+        )
+        assert r.exit_code == 0, r.output
+        assert list((run / "explain").glob(f"{m}_*.png"))
     r = runner.invoke(app, ["explain", str(run), "--data", str(other)])
     assert r.exit_code == 2 and "not the prepared dataset" in r.output

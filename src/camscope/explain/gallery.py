@@ -19,6 +19,32 @@ from camscope.progress import make_progress
 from camscope.train.checkpoint import load_model
 from camscope.utils import atomic_write_bytes
 
+PIXEL_METHODS = ("guided_backprop", "guided_gradcam", "occlusion")
+
+
+def saliency_maps(model, x, method: str, targets, layers=None) -> torch.Tensor:
+    """(N, H, W) maps in [0, 1] for any method: the CAM family, guided backprop / Grad-CAM
+    (absolute gradient summed over channels) or occlusion (positive score drops)."""
+    from camscope.explain.engine import minmax
+
+    if method in ("guided_backprop", "guided_gradcam"):
+        from camscope.explain.guided import guided_backprop, guided_gradcam
+
+        g = (
+            guided_backprop(model, x, targets)
+            if method == "guided_backprop"
+            else guided_gradcam(model, x, targets, layers)
+        )
+        return minmax(g[:, 0].abs().sum(1))
+    if method == "occlusion":
+        from camscope.explain.occlusion import occlusion
+
+        h = x.shape[-2]
+        return minmax(
+            occlusion(model, x, targets, window=max(2, h // 8), stride=max(1, h // 16))[:, 0].clamp_min(0)
+        )
+    return explain(model, x, method, targets=targets, layers=layers).first()
+
 
 def cam_gallery(
     run_dir: str | Path,
@@ -55,10 +81,8 @@ def cam_gallery(
         task = progress.add_task(f"{method} maps", total=len(sel))
         for s in range(0, len(sel), batch):
             part = sel[s : s + batch]
-            res = explain(
-                model, prep(images[part].to(device)), method, targets=tgt[s : s + batch], layers=layers
-            )
-            maps.append(res.first().cpu())
+            m = saliency_maps(model, prep(images[part].to(device)), method, tgt[s : s + batch], layers)
+            maps.append(m.cpu())
             progress.advance(task, len(part))
     maps_t = torch.cat(maps)
     tiles = overlay(images[sel], maps_t)
