@@ -1,0 +1,67 @@
+"""Masking probe: geometry of the masks, fills, the sweep on a model with known evidence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from camscope.errors import CamscopeError
+from camscope.models.inference import Preprocess
+from camscope.probes.masking import Geometry, mask, parse_sizes, summarise, sweep
+
+
+def test_mask_geometry():
+    g = Geometry(20, 40, sides=2)
+    centre = mask(g, "centre", 0.5)
+    assert centre.shape == (20, 40)
+    assert centre[10, 10] == 1 and centre[10, 30] == 1  # each side masked on its own centre
+    assert centre[0, 0] == 0 and centre[10, 20] == 0
+    outer = mask(g, "outer", 0.3)
+    assert outer[10, 10] == 0 and outer[10, 1] == 1 and outer[0, 0] == 0  # ring, corners beyond the object
+    assert torch.equal(mask(g, "centre", 0.0), torch.zeros(20, 40))
+    full = mask(Geometry(20, 20), "centre", 1.0)
+    assert abs(full.mean().item() - torch.pi / 4) < 0.03  # the whole disk of radius R
+    assert mask(Geometry(20, 20), "centre", 1.0, "square").sum() == 400
+    # masks grow with size
+    sizes = [mask(Geometry(32, 32), "outer", s).sum().item() for s in (0.1, 0.4, 0.7, 1.0)]
+    assert sizes == sorted(sizes) and sizes[-1] == mask(Geometry(32, 32), "centre", 1.0).sum().item()
+    with pytest.raises(CamscopeError):
+        mask(g, "middle", 0.5)
+
+
+def test_parse_sizes():
+    assert parse_sizes("0.1:0.9:0.1") == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert parse_sizes("0.2, 0.5") == [0.2, 0.5]
+    with pytest.raises(CamscopeError):
+        parse_sizes("0.5:2:0.5")
+
+
+class CentreReader(nn.Module):
+    """Class 1 if the centre of the image is bright, else 0: relies on the centre only."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        c = x[:, :, h // 2 - 2 : h // 2 + 2, w // 2 - 2 : w // 2 + 2].mean((1, 2, 3)) * self.w
+        return torch.stack([-c, c], 1) * 5
+
+
+def test_sweep_centre_model_fails_under_centre_masks_only():
+    n = 40
+    images = torch.full((n, 1, 16, 16), 40, dtype=torch.uint8)
+    labels = torch.arange(n) % 2
+    images[labels == 1, :, 6:10, 6:10] = 250
+    prep = Preprocess([0.5], [0.25])
+    # size 0.1 hides the 4 central pixels (of the 16 read): the bright mean still wins
+    res = sweep(CentreReader(), images, labels, prep, Geometry(16, 16), [0.0, 0.1, 0.5, 0.8], batch=64)
+    rows = {(r["mode"], r["size"]): r for r in summarise(res, ["dark", "bright"]) if r["class"] == "all"}
+    assert rows[("centre", 0.0)]["accuracy"] == 1.0 and rows[("outer", 0.8)]["accuracy"] == 1.0
+    assert rows[("centre", 0.5)]["accuracy"] == 0.5  # every bright centre hidden -> all "dark"
+    per_class = [
+        r for r in summarise(res, ["dark", "bright"]) if r["class"] == "bright" and r["mode"] == "centre"
+    ]
+    assert [r["accuracy"] for r in per_class] == [1.0, 1.0, 0.0, 0.0]
