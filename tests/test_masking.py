@@ -65,3 +65,60 @@ def test_sweep_centre_model_fails_under_centre_masks_only():
         r for r in summarise(res, ["dark", "bright"]) if r["class"] == "bright" and r["mode"] == "centre"
     ]
     assert [r["accuracy"] for r in per_class] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_mask_command_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from camscope.cli import app
+    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
+    from camscope.data.synthetic import CoinSpec, SyntheticSource
+
+    ds = prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=6)), PrepareConfig(size=16))
+    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    run = tmp_path / "run"
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(prepared),
+            "--out",
+            str(run),
+            "--model",
+            "gray_cnn",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--flip",
+            "none",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app,
+        [
+            "mask",
+            str(run),
+            "--data",
+            str(prepared),
+            "--sizes",
+            "0.3,0.6",
+            "--cam-images",
+            "8",
+            "--fill",
+            "blur",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = run / "probes" / "masking"
+    for f in ("masking.csv", "cam_visible_energy.csv", "masking.json", "masking_curves.png", "cam_shift.png"):
+        assert (out / f).is_file(), f
+    import json
+
+    res = json.loads((out / "masking.json").read_text())
+    assert res["sizes"] == [0.0, 0.3, 0.6] and "relies more on the" in res["answer"]["verdict"]
+    assert {r["mode"] for r in res["cam"]} == {"centre", "outer"}
+    r = runner.invoke(app, ["mask", str(run), "--data", str(prepared), "--fill", "paint"])
+    assert r.exit_code == 2 and "unknown fill" in r.output

@@ -606,6 +606,55 @@ def explain(
 
 
 @app.command()
+def mask(
+    run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
+    data: Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")],
+    split_name: Annotated[str, typer.Option("--split", help="which split to probe")] = "test",
+    sizes: Annotated[
+        str, typer.Option(help="fractions of the object's radius: start:stop:step or a list")
+    ] = ("0.1:0.9:0.1"),
+    mode: Annotated[str, typer.Option(help="centre,outer (or one of them)")] = "centre,outer",
+    fill: Annotated[str, typer.Option(help="zero | mean | blur | noise")] = "zero",
+    shape: Annotated[str, typer.Option(help="disk | square")] = "disk",
+    cam_images: Annotated[int, typer.Option(help="images used for the CAM energy numbers")] = 128,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output folder (default RUN/probes/masking)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+):
+    """Hide the centre or the outer ring of each object at growing sizes: accuracy, confidence, CAMs."""
+
+    def go():
+        from camscope.probes.mask_run import masking_probe
+        from camscope.probes.masking import parse_sizes
+
+        modes = tuple(m.strip() for m in mode.split(",") if m.strip())
+        res = masking_probe(
+            run, data, split_name, parse_sizes(sizes), modes, fill, shape, out, cam_images, device=device
+        )
+        t = Table(title=f"masking ({fill} fill, {shape})")
+        t.add_column("size", justify="right")
+        for m in modes:
+            t.add_column(f"acc, {m} hidden", justify="right")
+            t.add_column(f"CAM on visible, {m}", justify="right")
+        for size in sorted({r["size"] for r in res["overall"]}):
+            cells = []
+            for m in modes:
+                acc = next(r["accuracy"] for r in res["overall"] if r["mode"] == m and r["size"] == size)
+                vis = next(
+                    r["visible_energy_share"] for r in res["cam"] if r["mode"] == m and r["size"] == size
+                )
+                cells += [f"{acc:.3f}", f"{vis:.2f}"]
+            t.add_row(f"{size:.2f}", *cells)
+        console.print(t)
+        if "verdict" in res["answer"]:
+            console.print(res["answer"]["verdict"])
+        console.print(f"written to [bold]{res['out']}[/]")
+
+    _run(go)
+
+
+@app.command()
 def models():
     """List the registered models with their default CAM layer."""
     from camscope.models import registered

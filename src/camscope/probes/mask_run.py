@@ -1,0 +1,212 @@
+"""`camscope mask RUN`: the masking sweep of a trained run, its CAMs, and the answer in numbers
+to "does the model rely on the centre or on the outer part of the object?"."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camscope.evaluate.data import split_tensors
+from camscope.explain.engine import explain
+from camscope.explain.overlay import overlay
+from camscope.figures import grid, save_png
+from camscope.probes.masking import MODES, Geometry, fill_values, mask, summarise, sweep
+from camscope.progress import make_progress
+from camscope.train.checkpoint import load_model
+from camscope.utils import atomic_write_text
+
+
+def equal_area_size(mode: str, area: float) -> float:
+    """Mask size hiding ``area`` (a share of the object's disk) in ``mode``."""
+    return math.sqrt(area) if mode == "centre" else 1 - math.sqrt(1 - area)
+
+
+def hidden_area(mode: str, size: float) -> float:
+    return size**2 if mode == "centre" else 1 - (1 - size) ** 2
+
+
+def _interp(rows: list[dict], mode: str, area: float) -> float:
+    pts = sorted((hidden_area(mode, r["size"]), r["accuracy"]) for r in rows if r["mode"] == mode)
+    xs, ys = zip(*pts, strict=True)
+    return float(np.interp(area, xs, ys))
+
+
+def masking_probe(
+    run_dir: str | Path,
+    prepared: str | Path,
+    split: str = "test",
+    sizes: list[float] | None = None,
+    modes: tuple[str, ...] = MODES,
+    fill: str = "zero",
+    shape: str = "disk",
+    out_dir: str | Path | None = None,
+    cam_images: int = 128,
+    show: int = 6,
+    device: str = "cpu",
+    batch: int = 1024,
+) -> dict:
+    run = Path(run_dir)
+    out = Path(out_dir) if out_dir else run / "probes" / "masking"
+    sizes = sizes or [round(0.1 * i, 1) for i in range(1, 10)]
+    if 0.0 not in sizes:
+        sizes = [0.0, *sizes]
+    model, meta, prep = load_model(run, device)
+    images, labels, ids = split_tensors(meta, prepared, run, split)
+    classes = meta["classes"]
+    geom = Geometry.from_prepared(meta["preprocess"].get("prepared"), images.shape[-2], images.shape[-1])
+    with make_progress() as progress:
+        task = progress.add_task("masking sweep", total=len(images))
+        res = sweep(
+            model,
+            images,
+            labels,
+            prep,
+            geom,
+            sizes,
+            modes,
+            fill,
+            shape,
+            batch,
+            progress=lambda k: progress.advance(task, k),
+        )
+    rows = summarise(res, classes)
+    overall = [r for r in rows if r["class"] == "all"]
+
+    # CAM energy on what stays visible, on a subset
+    k = min(cam_images, len(images))
+    sub = torch.linspace(0, len(images) - 1, k).round().long().unique()
+    x0 = prep(images[sub].to(device))
+    mean_px = (
+        torch.tensor(prep.mean, device=x0.device)[None, :, None, None]
+        / torch.tensor(prep.std, device=x0.device)[None, :, None, None]
+    )
+    fills = fill_values(x0, fill, mean_px, torch.Generator().manual_seed(0))
+    cam_rows, cam_maps = [], {}
+    for mode in modes:
+        for size in sizes:
+            m = mask(geom, mode, size, shape, x0.device)
+            xm = x0 * (1 - m) + fills * m
+            cam = explain(model, xm, "gradcam", targets=labels[sub]).first()
+            visible = (cam * (1 - m)).sum((1, 2)) / cam.sum((1, 2)).clamp_min(1e-12)
+            cam_rows.append(
+                {
+                    "mode": mode,
+                    "size": size,
+                    "visible_energy_share": float(visible.mean()),
+                    "visible_area_share": float(1 - m.mean()),
+                }
+            )
+            cam_maps[(mode, size)] = (
+                cam[:show].cpu(),
+                (images[sub[:show]].float() * (1 - m.cpu())).to(torch.uint8),
+            )
+    # the answer, at equal hidden area of the object's disk
+    answer = {}
+    for area in (0.25, 0.5, 0.75):
+        acc = {mode: _interp(overall, mode, area) for mode in modes}
+        answer[f"hide_{int(area * 100)}pct"] = {
+            **{f"accuracy_{mode}_hidden": v for mode, v in acc.items()},
+            "centre_size": equal_area_size("centre", area),
+            "outer_size": equal_area_size("outer", area),
+        }
+    if set(modes) == {"centre", "outer"}:
+        a = answer["hide_50pct"]
+        drop_c = overall[0]["accuracy"] - a["accuracy_centre_hidden"]
+        drop_o = overall[0]["accuracy"] - a["accuracy_outer_hidden"]
+        relies = "centre" if drop_c > drop_o else "outer part"
+        answer["verdict"] = (
+            f"hiding half of the object's area costs {drop_c:.1%} accuracy when it is the centre and "
+            f"{drop_o:.1%} when it is the outer ring: the model relies more on the {relies}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "masking.csv", rows)
+    _write_csv(out / "cam_visible_energy.csv", cam_rows)
+    atomic_write_text(
+        out / "masking.json",
+        json.dumps(
+            {
+                "fill": fill,
+                "shape": shape,
+                "split": split,
+                "n": len(images),
+                "sizes": sizes,
+                "overall": overall,
+                "cam": cam_rows,
+                "answer": answer,
+            },
+            indent=1,
+        ),
+    )
+    _curves_png(out / "masking_curves.png", rows, classes, modes)
+    _cam_shift_png(out / "cam_shift.png", cam_maps, modes, sizes, show)
+    return {"out": str(out), "answer": answer, "overall": overall, "cam": cam_rows}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _curves_png(path: Path, rows: list[dict], classes: list[str], modes) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    styles = {"centre": "-", "outer": "--"}
+    for mode in modes:
+        pts = [r for r in rows if r["mode"] == mode and r["class"] == "all"]
+        axes[0].plot(
+            [r["size"] for r in pts], [r["accuracy"] for r in pts], styles[mode], marker="o", label=mode
+        )
+        axes[1].plot(
+            [r["size"] for r in pts],
+            [r["mean_confidence"] for r in pts],
+            styles[mode],
+            marker="o",
+            label=mode,
+        )
+        for ci, c in enumerate(classes[:10]):
+            pc = [r for r in rows if r["mode"] == mode and r["class"] == c]
+            axes[2].plot(
+                [r["size"] for r in pc],
+                [r["accuracy"] for r in pc],
+                styles[mode],
+                color=f"C{ci}",
+                label=f"{c} ({mode})",
+            )
+    axes[0].set(title="accuracy", xlabel="mask size (fraction of the object's radius)", ylim=(0, 1.02))
+    axes[1].set(title="mean confidence", xlabel="mask size", ylim=(0, 1.02))
+    axes[2].set(
+        title="accuracy per class (solid: centre hidden, dashed: outer)", xlabel="mask size", ylim=(0, 1.02)
+    )
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    axes[2].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cam_shift_png(path: Path, cam_maps: dict, modes, sizes, show: int) -> None:
+    picks = [s for s in sizes if s in (0.0, 0.3, 0.5, 0.7, 0.9)] or sizes[:5]
+    tiles, caps = [], []
+    for mode in modes:
+        for i in range(min(show, len(next(iter(cam_maps.values()))[0]))):
+            for s in picks:
+                cam, img = cam_maps[(mode, s)]
+                tiles.append(overlay(img[i : i + 1], cam[i : i + 1]))
+                caps.append(f"{mode} {s:.1f}")
+    t = torch.cat(tiles)
+    save_png(grid(t, caps, cols=len(picks), scale=max(1, 96 // t.shape[-2]), caption_lines=1), path)
