@@ -122,3 +122,35 @@ def test_mask_command_end_to_end(tmp_path):
     assert {r["mode"] for r in res["cam"]} == {"centre", "outer"}
     r = runner.invoke(app, ["mask", str(run), "--data", str(prepared), "--fill", "paint"])
     assert r.exit_code == 2 and "unknown fill" in r.output
+
+
+def test_masked_training_augmentation_hides_the_drawn_region(tmp_path):
+    from camscope.geometry import Geometry, distance_map, mask
+    from camscope.train import augment
+    from camscope.train.config import make_config
+    from camscope.train.trainer import TrainData, train
+
+    g = torch.Generator().manual_seed(0)
+    p = augment.draw(64, torch.arange(64), (16, 32), 0, g, 0, mask_prob=0.5, mask_max=0.8)
+    assert 0.25 < p.mask_on.float().mean() < 0.75 and p.mask_size.max() <= 0.8
+    geom = Geometry(16, 32, sides=2)
+    x = torch.ones(64, 3, 16, 32)
+    out = augment.apply(x, p, distance=distance_map(geom), fill=torch.full((1, 3, 1, 1), -1.0))
+    for i in range(64):
+        expected = torch.zeros(16, 32)
+        if p.mask_on[i]:
+            expected = mask(geom, "outer" if p.mask_outer[i] else "centre", float(p.mask_size[i]))
+        assert torch.equal(out[i, 0] == -1, expected.bool()), i
+    # and a run with it trains
+    data = TrainData(
+        torch.randint(0, 255, (48, 3, 16, 16), dtype=torch.uint8),
+        torch.arange(48) % 2,
+        torch.randint(0, 255, (8, 3, 16, 16), dtype=torch.uint8),
+        torch.arange(8) % 2,
+        ["a", "b"],
+        [str(i) for i in range(48)],
+        [str(i) for i in range(8)],
+        "h",
+    )
+    res = train(make_config("gray_cnn", epochs=1, batch_size=16, mask_prob=0.5), data, tmp_path / "run")
+    assert len(res.history) == 1

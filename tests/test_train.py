@@ -152,10 +152,11 @@ def test_flip_cutout_and_alternation():
 def test_draw_is_reproducible_and_sliceable():
     def d():
         g = torch.Generator().manual_seed(3)
-        return augment.draw(10, torch.arange(10), (8, 8), 0, g, 0, 2, "random", 3)
+        return augment.draw(10, torch.arange(10), (8, 8), 0, g, 0, 2, "random", 3, mask_prob=0.5)
 
     a, b = d(), d()
     assert all(torch.equal(u, v) for u, v in zip(vars(a).values(), vars(b).values(), strict=True))
+    assert torch.equal(a.take(slice(0, 3)).mask_size, a.mask_size[:3])
     part = a.take(slice(1, None, 2))
     assert torch.equal(part.dx, a.dx[1::2])
     x = torch.rand(10, 3, 8, 8)

@@ -362,6 +362,12 @@ def train(
         str | None, typer.Option(help="none | random | alternating (none where orientation matters)")
     ] = None,
     cutout: Annotated[int | None, typer.Option(help="cutout square side in pixels (0: off)")] = None,
+    mask_prob: Annotated[
+        float | None, typer.Option(help="masked training: share of images with centre or rim hidden")
+    ] = None,
+    mask_max: Annotated[
+        float | None, typer.Option(help="largest training mask (fraction of the radius)")
+    ] = None,
     tta: Annotated[str | None, typer.Option(help="validation TTA: none | flip | flip_translate")] = None,
     channels: Annotated[int | None, typer.Option(help="train on 1 (gray) or 3 (RGB) channels")] = None,
     monitor: Annotated[str | None, typer.Option(help="val_acc | val_loss | val_macro_f1")] = None,
@@ -425,6 +431,8 @@ def train(
             translate=translate,
             flip=flip,
             cutout=cutout,
+            mask_prob=mask_prob,
+            mask_max=mask_max,
             tta=tta,
             channels=channels,
             monitor=monitor,

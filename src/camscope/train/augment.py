@@ -22,6 +22,9 @@ class AugmentParams:
     dx: torch.Tensor | None = None
     cy: torch.Tensor | None = None  # (n,) cutout centre
     cx: torch.Tensor | None = None
+    mask_on: torch.Tensor | None = None  # (n,) bool: hide part of the object
+    mask_outer: torch.Tensor | None = None  # (n,) bool: the outer ring, else the centre
+    mask_size: torch.Tensor | None = None  # (n,) fraction of the object's radius
 
     def take(self, sel) -> AugmentParams:
         return AugmentParams(*(None if t is None else t[sel] for t in astuple(self)))
@@ -37,6 +40,8 @@ def draw(
     translate_px: int = 0,
     flip_mode: str = "none",
     cutout_px: int = 0,
+    mask_prob: float = 0.0,
+    mask_max: float = 0.7,
 ) -> AugmentParams:
     """Draw every random number of one batch's augmentation, in a fixed order."""
     p = AugmentParams()
@@ -52,11 +57,33 @@ def draw(
     if cutout_px > 0:
         p.cy = torch.randint(0, size[0], (n,), generator=gen)
         p.cx = torch.randint(0, size[1], (n,), generator=gen)
+    if mask_prob > 0:
+        p.mask_on = torch.rand(n, generator=gen) < mask_prob
+        p.mask_outer = torch.rand(n, generator=gen) < 0.5
+        p.mask_size = torch.rand(n, generator=gen) * mask_max
     return p
 
 
-def apply(x: torch.Tensor, p: AugmentParams, translate_px: int = 0, cutout_px: int = 0) -> torch.Tensor:
+def apply(
+    x: torch.Tensor,
+    p: AugmentParams,
+    translate_px: int = 0,
+    cutout_px: int = 0,
+    distance: torch.Tensor | None = None,
+    fill: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply the drawn augmentation: object masks (on the untouched geometry), flip, translate,
+    cutout. ``distance`` is the (H, W) distance from the object's centre in object radii and
+    ``fill`` the (1, C, 1, 1) value of hidden pixels."""
     dev = x.device
+    if p.mask_on is not None and distance is not None:
+        d = distance[None].to(dev)
+        s = p.mask_size.to(dev)[:, None, None]
+        outer = p.mask_outer.to(dev)[:, None, None]
+        hide = (
+            torch.where(outer, (d >= 1 - s) & (d <= 1) & (s > 0), d <= s) & p.mask_on.to(dev)[:, None, None]
+        )
+        x = torch.where(hide[:, None], fill.to(dev) if fill is not None else torch.zeros((), device=dev), x)
     if p.flip is not None:
         x = flip(x, p.flip.to(dev))
     if p.dy is not None:

@@ -38,6 +38,8 @@ class TrainConfig(BaseModel):
     translate: int = 2  # pixels, reflect padding
     flip: Literal["none", "random", "alternating"] = "random"
     cutout: int = 0  # side of the zeroed square in pixels; 0 = off
+    mask_prob: float = 0.0  # masked training: share of images whose centre or outer ring is hidden
+    mask_max: float = 0.7  # largest mask, as a fraction of the object's radius
     tta: Literal["none", "flip", "flip_translate"] = "none"  # at validation
     normalize: bool = True
     channels: int | None = None  # convert the prepared images to 1 or 3 channels

@@ -356,6 +356,13 @@ def _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info: DistI
         )
 
     log = RunLog(run, main, cfg.tensorboard, cfg.mlflow_uri, cfg.model_dump())
+    dmap = black = None
+    if cfg.mask_prob > 0:  # masked training hides the object's centre or rim, filled with black
+        from camscope.geometry import Geometry, distance_map
+
+        geom = Geometry.from_prepared(data.prepare_info.get("preprocessing"), h, w)
+        dmap = distance_map(geom, device=device)
+        black = prep(torch.zeros(1, c, 1, 1, dtype=torch.uint8, device=device))
     train_x = data.train_x.to(device)
     train_y = data.train_y.to(device)
     t_start = time.perf_counter()
@@ -412,10 +419,14 @@ def _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info: DistI
                     cfg.translate,
                     cfg.flip,
                     cfg.cutout,
+                    cfg.mask_prob,
+                    cfg.mask_max,
                 )
                 mine = slice(dist_info.rank, None, dist_info.world)
                 idx = idx_global[mine].to(device)
-                x = augment.apply(prep(train_x[idx]), params.take(mine), cfg.translate, cfg.cutout)
+                x = augment.apply(
+                    prep(train_x[idx]), params.take(mine), cfg.translate, cfg.cutout, dmap, black
+                )
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = train_y[idx]
