@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pytest
+
+# test dependencies (pyproject's test extra): a missing one must fail the suite, not skip it
+import pytorch_grad_cam as gradcam_lib
 import torch
 import torchvision
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from camscope.explain.engine import explain
 from camscope.models import build_model
-
-gradcam_lib = pytest.importorskip("pytorch_grad_cam", reason="pip install grad-cam==1.5.7 (test extra)")
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 REFERENCE = {
     "gradcam": "GradCAM",
