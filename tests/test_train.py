@@ -479,3 +479,20 @@ def test_missing_logging_package_is_a_clear_error(tmp_path, monkeypatch):
     cfg = make_config("gray_cnn", epochs=1, batch_size=24, mlflow_uri="http://localhost:5000")
     with pytest.raises(CamscopeError, match="pip install mlflow"):
         train(cfg, toy_data(channels=1), tmp_path / "run")
+
+
+def test_progressive_resizing_trains_small_then_full(tmp_path, monkeypatch):
+    from camscope.train import trainer as tr
+
+    seen = []
+    model = build_model("gray_cnn", 3, 1, (16, 16))
+    original = model.forward
+    monkeypatch.setattr(
+        model, "forward", lambda x: (seen.append((model.training, tuple(x.shape[-2:]))), original(x))[1]
+    )
+    cfg = make_config("gray_cnn", epochs=4, batch_size=24, resize_schedule=[[0.5, 8]], translate=0)
+    tr.train(cfg, toy_data(channels=1), tmp_path / "run", model=model)
+    train_shapes = [shape for training, shape in seen if training]  # 3 steps per epoch, 12 in all
+    assert train_shapes == [(8, 8)] * 6 + [(16, 16)] * 6
+    assert all(shape == (16, 16) for training, shape in seen if not training)  # validation at full size
+    assert tr._train_side(cfg, 5, 12) == 8 and tr._train_side(cfg, 6, 12) is None

@@ -36,6 +36,9 @@ class TrainConfig(BaseModel):
     whiten_bias_epochs: int = 3  # models with a data-whitening stem (fastnet)
 
     translate: int = 2  # pixels, reflect padding
+    # progressive resizing: [[fraction of the run, short side in px], ...], e.g. [[0.4, 24]] trains
+    # the first 40% of the steps at 24 px (fewer FLOPs), the rest at full size
+    resize_schedule: list[tuple[float, int]] | None = None
     flip: Literal["none", "random", "alternating"] = "random"
     cutout: int = 0  # side of the zeroed square in pixels; 0 = off
     mask_prob: float = 0.0  # masked training: share of images whose centre or outer ring is hidden

@@ -212,6 +212,15 @@ def _freeze_bn_if_frozen(model: nn.Module, cfg: TrainConfig, epoch: int) -> None
             m.eval()
 
 
+def _train_side(cfg: TrainConfig, step: int, total: int) -> int | None:
+    """The short side to train at in this step (None: full size)."""
+    t = step / max(1, total)
+    for until, side in cfg.resize_schedule or []:
+        if t < until:
+            return int(side)
+    return None
+
+
 def _step_seed(seed: int, epoch: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + step * 101 + salt) % (2**63 - 1)
 
@@ -427,6 +436,10 @@ def _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info: DistI
                 x = augment.apply(
                     prep(train_x[idx]), params.take(mine), cfg.translate, cfg.cutout, dmap, black
                 )
+                side = _train_side(cfg, global_step, total_steps)
+                if side is not None and side < min(h, w):
+                    new = (round(h * side / min(h, w)), round(w * side / min(h, w)))
+                    x = F.interpolate(x, size=new, mode="bilinear", align_corners=False, antialias=True)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = train_y[idx]
