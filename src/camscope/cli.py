@@ -663,6 +663,48 @@ def mask(
 
 
 @app.command()
+def unseen(
+    run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
+    data: Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")],
+    classes: Annotated[
+        str | None, typer.Option(help="comma-separated classes the model never saw (default: all of them)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output folder (default RUN/probes/unseen)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+):
+    """What the model says about a class it never saw, and how well OOD scores separate it."""
+
+    def go():
+        from camscope.probes.unseen_run import unseen_probe
+
+        res = unseen_probe(
+            run, data, [c.strip() for c in classes.split(",")] if classes else None, out, device
+        )
+        console.print(
+            f"{res['n_unseen']} images of {', '.join(res['unseen_classes'])} against "
+            f"{res['n_in_distribution_test']} in-distribution test images"
+        )
+        console.print("labels given: " + ", ".join(f"{k} {v}" for k, v in res["label_distribution"].items()))
+        console.print(
+            f"mean confidence {res['mean_confidence_unseen']:.3f} (in-distribution "
+            f"{res['mean_confidence_in_distribution']:.3f}); keeps its label under a flip "
+            f"{res['consistency']['keeps_label_under_flip']:.1%}, under 2-px shifts "
+            f"{res['consistency']['keeps_label_under_2px_shifts']:.1%}"
+        )
+        t = Table(title="telling the unseen class apart")
+        for c in ("score", "AUROC", "FPR at 95% TPR"):
+            t.add_column(c, justify="right")
+        for name, v in res["separation"].items():
+            t.add_row(name, f"{v['auroc']:.3f}", f"{v['fpr_at_95_tpr']:.3f}")
+        console.print(t)
+        console.print(f"written to [bold]{res['out']}[/]")
+
+    _run(go)
+
+
+@app.command()
 def models():
     """List the registered models with their default CAM layer."""
     from camscope.models import registered
