@@ -106,3 +106,57 @@ def test_unseen_command_end_to_end(tmp_path):
         assert (run / "probes" / "unseen" / f).is_file(), f
     r = runner.invoke(app, ["unseen", str(run), "--data", str(prepared), "--classes", "centre_cross"])
     assert r.exit_code == 2 and "seen in training" in r.output
+
+
+def test_features_command_and_probes(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from camscope.cli import app
+    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
+    from camscope.data.synthetic import CoinSpec, SyntheticSource
+    from camscope.probes.features import probe_accuracy
+
+    # the probes on features that separate two classes perfectly, and not at all
+    rng = np.random.default_rng(0)
+    labels = ["a"] * 20 + ["b"] * 20
+    splits = (["train"] * 15 + ["test"] * 5) * 2
+    good = np.r_[rng.normal(0, 1, (20, 4)), rng.normal(8, 1, (20, 4))]
+    assert probe_accuracy(good, labels, splits, {"a", "b"})["linear_probe_accuracy"] == 1.0
+    same = rng.normal(0, 1, (40, 4))
+    assert probe_accuracy(same, labels, splits, {"a", "b"})["knn5_accuracy"] < 0.9
+
+    ds = prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=8)), PrepareConfig(size=16))
+    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    run = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(app, ["split", str(prepared), "--out", str(run), "--top-k", "3"]).exit_code == 0
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(prepared),
+            "--out",
+            str(run),
+            "--model",
+            "gray_cnn",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--flip",
+            "none",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["features", str(run), "--data", str(prepared), "--projection", "pca,tsne"])
+    assert r.exit_code == 0, r.output
+    out = run / "probes" / "features"
+    feats = np.load(out / "features.npy")
+    assert feats.shape == (len(ds), 128)
+    res = json.loads((out / "features.json").read_text())
+    assert res["projections"] == ["pca", "tsne"] and "linear_probe_accuracy" in res["probes"]
+    rows = (out / "features.csv").read_text().splitlines()
+    assert len(rows) == len(ds) + 1 and any(r.endswith(",0") for r in rows[1:])  # the unseen class is kept
+    assert (out / "projections.png").is_file()

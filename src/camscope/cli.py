@@ -705,6 +705,48 @@ def unseen(
 
 
 @app.command()
+def features(
+    data: Annotated[Path, typer.Option("--data", help="prepared dataset")],
+    run: Annotated[
+        Path | None, typer.Argument(help="run folder from camscope train (or use --backbone)")
+    ] = None,
+    backbone: Annotated[str | None, typer.Option(help="torchvision model name instead of a run")] = None,
+    weights: Annotated[str | None, typer.Option(help="its weights file (.safetensors or .pth)")] = None,
+    projection: Annotated[str, typer.Option(help="pca,tsne,umap (umap when installed)")] = "pca,tsne,umap",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output folder (default RUN/probes/features)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+):
+    """Penultimate-layer embeddings, 2-D projections by class, linear-probe and kNN accuracy."""
+
+    def go():
+        from camscope.probes.features import features_probe
+
+        res = features_probe(
+            data,
+            run,
+            out,
+            backbone,
+            weights,
+            device,
+            tuple(m.strip() for m in projection.split(",") if m.strip()),
+        )
+        console.print(
+            f"{res['n']} items x {res['dim']} features; projections: {', '.join(res['projections'])}"
+        )
+        p = res["probes"]
+        if "linear_probe_accuracy" in p:
+            console.print(
+                f"linear probe {p['linear_probe_accuracy']:.4f}, 5-NN {p['knn5_accuracy']:.4f} "
+                f"(train {p['n_train']}, test {p['n_test']})"
+            )
+        console.print(f"written to [bold]{res['out']}[/]")
+
+    _run(go)
+
+
+@app.command()
 def models():
     """List the registered models with their default CAM layer."""
     from camscope.models import registered

@@ -1,0 +1,194 @@
+"""`camscope features RUN`: the penultimate-layer embeddings of every item, 2-D projections
+coloured by class (unseen classes highlighted), and linear-probe and kNN accuracy on them.
+
+Embeddings come from a trained run, or from a torchvision backbone with local weights (its
+classifier head is dropped)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camscope.data.prepare import load_prepared
+from camscope.data.splits import load_split
+from camscope.errors import CamscopeError
+from camscope.models.inference import Preprocess
+from camscope.probes.unseen import logits_and_features
+from camscope.train.checkpoint import load_model
+from camscope.train.trainer import to_channels
+from camscope.utils import atomic_write_bytes, atomic_write_text
+
+
+def _backbone(name: str, weights: str | None, channels: int):
+    from camscope.models.torchvision_models import build_torchvision
+
+    model, _, head = build_torchvision(name, 1000, channels, weights)
+    return model.eval(), head
+
+
+def extract(
+    prepared: str | Path,
+    run_dir: str | Path | None = None,
+    backbone: str | None = None,
+    weights: str | None = None,
+    device: str = "cpu",
+    batch: int = 256,
+) -> dict:
+    """Features of every labelled item: (N, D) float32, with ids, class names and splits."""
+    ds = load_prepared(prepared)
+    if run_dir is not None:
+        model, meta, prep = load_model(run_dir, device)
+        head = meta.get("head") or "head"
+        channels = meta["preprocess"]["channels"]
+        split = load_split(run_dir)
+    elif backbone:
+        channels = ds.images.shape[1] if ds.images.shape[1] in (1, 3) else 3
+        model, head = _backbone(backbone, weights, channels)
+        model = model.to(device)
+        prep = Preprocess.from_images(
+            ds.images if ds.images.shape[1] == channels else to_channels(ds.images, 3)
+        )
+        split = {}
+    else:
+        raise CamscopeError("give a run folder or --backbone NAME", "e.g. camscope features RUN --data P")
+    keep = [i for i, lab in enumerate(ds.labels.tolist()) if lab >= 0]
+    idx = torch.tensor(keep)
+    images = to_channels(ds.images[idx], channels)
+    _, feats = logits_and_features(model, images, prep, head, batch, device)
+    return {
+        "features": feats.numpy().astype(np.float32),
+        "ids": [ds.ids[i] for i in keep],
+        "labels": [ds.classes[int(ds.labels[i])] for i in keep],
+        "splits": [split.get(ds.ids[i], "") for i in keep],
+        "model_classes": meta["classes"] if run_dir is not None else None,
+    }
+
+
+def probe_accuracy(feats: np.ndarray, labels: list[str], splits: list[str], known: set[str]) -> dict:
+    """Linear probe (logistic regression) and 5-NN accuracy: fit on train, score on test."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    lab = np.array(labels)
+    sp = np.array(splits)
+    tr = (sp == "train") & np.isin(lab, list(known))
+    te = (sp == "test") & np.isin(lab, list(known))
+    if tr.sum() < 2 or te.sum() < 1 or len(set(lab[tr])) < 2:
+        return {"note": "needs train and test items of at least two classes"}
+    scaler = StandardScaler().fit(feats[tr])
+    xtr, xte = scaler.transform(feats[tr]), scaler.transform(feats[te])
+    lin = LogisticRegression(max_iter=2000).fit(xtr, lab[tr])
+    knn = KNeighborsClassifier(n_neighbors=min(5, int(tr.sum()))).fit(xtr, lab[tr])
+    return {
+        "linear_probe_accuracy": float((lin.predict(xte) == lab[te]).mean()),
+        "knn5_accuracy": float((knn.predict(xte) == lab[te]).mean()),
+        "n_train": int(tr.sum()),
+        "n_test": int(te.sum()),
+    }
+
+
+def projections(
+    feats: np.ndarray,
+    methods: tuple[str, ...] = ("pca", "tsne", "umap"),
+    seed: int = 0,
+    max_points: int = 5000,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """2-D coordinates per method (on at most ``max_points`` items, drawn with a seed)."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(feats), min(max_points, len(feats)), replace=False))
+    x = feats[pick]
+    out = {}
+    if "pca" in methods:
+        out["pca"] = (pick, PCA(2, random_state=seed).fit_transform(x))
+    if "tsne" in methods and len(x) > 5:
+        from sklearn.manifold import TSNE
+
+        out["tsne"] = (
+            pick,
+            TSNE(2, perplexity=min(30, max(2, len(x) // 4)), random_state=seed, init="pca").fit_transform(x),
+        )
+    if "umap" in methods:
+        try:
+            import umap
+
+            out["umap"] = (pick, umap.UMAP(random_state=seed).fit_transform(x))
+        except ImportError:
+            pass
+    return out
+
+
+def features_probe(
+    prepared: str | Path,
+    run_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    backbone: str | None = None,
+    weights: str | None = None,
+    device: str = "cpu",
+    methods: tuple[str, ...] = ("pca", "tsne", "umap"),
+) -> dict:
+    if out_dir is None and run_dir is None:
+        raise CamscopeError("--out is needed when no run is given")
+    out = Path(out_dir) if out_dir else Path(run_dir) / "probes" / "features"
+    f = extract(prepared, run_dir, backbone, weights, device)
+    known = set(f["model_classes"] or f["labels"])
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, f["features"])
+    atomic_write_bytes(out / "features.npy", buf.getvalue())
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(["row", "id", "label", "split", "seen_in_training"])
+    for i, (uid, lab, sp) in enumerate(zip(f["ids"], f["labels"], f["splits"], strict=True)):
+        w.writerow([i, uid, lab, sp, int(lab in known)])
+    atomic_write_text(out / "features.csv", text.getvalue())
+    probes = probe_accuracy(f["features"], f["labels"], f["splits"], known)
+    proj = projections(f["features"], methods)
+    _plot(out / "projections.png", proj, f["labels"], known)
+    result = {
+        "n": len(f["ids"]),
+        "dim": int(f["features"].shape[1]),
+        "probes": probes,
+        "projections": sorted(proj),
+        "source": str(run_dir or backbone),
+    }
+    atomic_write_text(out / "features.json", json.dumps(result, indent=1))
+    return {**result, "out": str(out)}
+
+
+def _plot(path: Path, proj: dict, labels: list[str], known: set[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not proj:
+        return
+    fig, axes = plt.subplots(1, len(proj), figsize=(5.2 * len(proj), 4.6), squeeze=False)
+    lab = np.array(labels)
+    classes = sorted(set(labels), key=lambda c: (c not in known, c))
+    for ax, (name, (pick, xy)) in zip(axes[0], sorted(proj.items()), strict=True):
+        for ci, c in enumerate(classes):
+            sel = lab[pick] == c
+            unseen = c not in known
+            ax.scatter(
+                xy[sel, 0],
+                xy[sel, 1],
+                s=14 if unseen else 5,
+                marker="x" if unseen else "o",
+                color="black" if unseen and len(classes) - len(known) == 1 else f"C{ci % 10}",
+                alpha=0.9 if unseen else 0.5,
+                label=f"{c} (unseen)" if unseen else c,
+            )
+        ax.set(title=name.upper(), xticks=[], yticks=[])
+    axes[0][-1].legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
