@@ -87,37 +87,48 @@ def sweep(
     device = next(model.parameters()).device
     model.eval()
     cl = device.type == "cpu"
-    masks = torch.stack(
-        [torch.stack([mask(geom, m, s, shape, device) for s in sizes]) for m in modes]
-    )  # (M,S,H,W)
+    grid_masks = [mask(geom, m, s, shape, device) for m in modes for s in sizes]  # (M*S) in order
+    # identical masks (size 0 of every mode, a full disk reached both ways) are run once
+    unique: list[torch.Tensor] = []
+    slot = []
+    for m in grid_masks:
+        j = next((k for k, u in enumerate(unique) if torch.equal(u, m)), None)
+        if j is None:
+            unique.append(m)
+            j = len(unique) - 1
+        slot.append(j)
+    masks = torch.stack(unique)  # (U, H, W)
+    slot_t = torch.tensor(slot)
     mean_px = (
         torch.tensor(preprocess.mean, device=device)[None, :, None, None]
         / torch.tensor(preprocess.std, device=device)[None, :, None, None]
     )
     n = len(images)
-    shape_out = (len(modes), len(sizes), n)
+    shape_out = (len(modes) * len(sizes), n)
     pred = torch.empty(shape_out, dtype=torch.long)
     conf = torch.empty(shape_out)
     true_conf = torch.empty(shape_out)
     gen = torch.Generator().manual_seed(seed)
-    per_image = max(1, batch // (len(modes) * len(sizes)))
+    per_image = max(1, batch // len(unique))
     for i in range(0, n, per_image):
         x = preprocess(images[i : i + per_image].to(device))
         y = labels[i : i + per_image].to(device)
         fills = fill_values(x, fill, mean_px, gen)
-        m = masks.reshape(-1, 1, 1, *masks.shape[-2:])  # (M*S, 1, 1, H, W)
-        mixed = (x[None] * (1 - m) + fills[None] * m).reshape(-1, *x.shape[1:])  # (M*S*b, C, H, W)
+        m = masks[:, None, None]  # (U, 1, 1, H, W)
+        mixed = (x[None] * (1 - m) + fills[None] * m).reshape(-1, *x.shape[1:])  # (U*b, C, H, W)
         if cl:
             mixed = mixed.contiguous(memory_format=torch.channels_last)
-        probs = model(mixed).float().softmax(1).view(len(modes), len(sizes), len(x), -1)
+        probs = model(mixed).float().softmax(1).view(len(unique), len(x), -1)[slot_t.to(device)]
         c, p = probs.max(-1)
-        pred[:, :, i : i + len(x)] = p.cpu()
-        conf[:, :, i : i + len(x)] = c.cpu()
-        true_conf[:, :, i : i + len(x)] = probs.gather(
-            -1, y.view(1, 1, -1, 1).expand(len(modes), len(sizes), -1, 1)
-        )[..., 0].cpu()
+        pred[:, i : i + len(x)] = p.cpu()
+        conf[:, i : i + len(x)] = c.cpu()
+        true_conf[:, i : i + len(x)] = probs.gather(-1, y.view(1, -1, 1).expand(len(slot), -1, 1))[
+            ..., 0
+        ].cpu()
         if progress is not None:
             progress(len(x))
+    shape3 = (len(modes), len(sizes), n)
+    pred, conf, true_conf = pred.view(shape3), conf.view(shape3), true_conf.view(shape3)
     return SweepResult(list(modes), list(sizes), [], pred, conf, true_conf, labels.cpu())
 
 
