@@ -103,14 +103,14 @@ def row_camscope(
         "row": name,
         "train_s": round(res.seconds, 1),
         "wall_s_incl_test_evals": round(wall, 1),
-        "epochs": cfg.epochs,
+        "epochs": len(res.history),  # run, not configured: time budgets and early stopping end runs sooner
         "images_per_s": round(sum(r["images_per_s"] for r in res.history) / len(res.history), 1),
         "tta": cfg.tta,
         **test_metrics(logits.argmax(1), test_y),
     }
-    for thr in (0.90, 0.92):
+    for thr in (0.90, 0.92):  # from the per-epoch test accuracy, which is measured without TTA
         hit = next((t for t, a in curve if a >= thr), None)
-        out[f"time_to_{int(thr * 100)}_s"] = hit
+        out[f"time_to_{int(thr * 100)}_no_tta_s"] = hit
     return out
 
 
@@ -228,8 +228,8 @@ def main() -> None:
         "train_s",
         "epochs",
         "images_per_s",
-        "time_to_90_s",
-        "time_to_92_s",
+        "time_to_90_no_tta_s",
+        "time_to_92_no_tta_s",
         "tta",
     ]
     print(" | ".join(keys))

@@ -603,7 +603,9 @@ def explain(
         from camscope.explain.gallery import cam_gallery
 
         if target not in ("pred", "true"):
-            raise CamscopeError(f"--target {target!r} is not pred or true")
+            raise CamscopeError(
+                f"--target {target!r} is not pred or true", "use --target pred or --target true"
+            )
         res = cam_gallery(run, data, split_name, method, layer or None, per_class, target, out, device)
         console.print(
             f"{res['n']} {split_name} images explained; "

@@ -66,8 +66,7 @@ def evaluate_run(
     _reliability_png(out / "reliability.png", result["all"]["reliability"], result["all"]["ece"])
     _misclassified_png(out / "misclassified.png", images, labels, logits, classes, gallery)
     _write_predictions(out / "predictions.csv", ids, labels, logits, classes, leaked)
-    summary = {k: v for k, v in result.items()}
-    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=1))
     return result
 
 

@@ -66,7 +66,9 @@ def _targets(targets, logits: torch.Tensor) -> torch.Tensor:
     if t.shape[0] != n:
         raise CamscopeError(f"{t.shape[0]} targets for {n} images", "give one target (or one row) per image")
     if (t < 0).any() or (t >= k).any():
-        raise CamscopeError(f"target class out of range 0..{k - 1}")
+        raise CamscopeError(
+            f"target class out of range 0..{k - 1}", "give class indices of the model's classes"
+        )
     return t
 
 

@@ -19,8 +19,6 @@ from camscope.progress import make_progress
 from camscope.train.checkpoint import load_model
 from camscope.utils import atomic_write_bytes
 
-PIXEL_METHODS = ("guided_backprop", "guided_gradcam", "occlusion")
-
 
 def saliency_maps(model, x, method: str, targets, layers=None) -> torch.Tensor:
     """(N, H, W) maps in [0, 1] for any method: the CAM family, guided backprop / Grad-CAM
@@ -73,7 +71,7 @@ def cam_gallery(
             rows = rows[conf[rows].argsort(descending=True)][:per_class]
             chosen += [(int(r), group, c) for r in rows]
     if not chosen:
-        raise CamscopeError("nothing to explain")
+        raise CamscopeError("the split has no images to explain", "pick another --split")
     sel = torch.tensor([r for r, _, _ in chosen])
     tgt = pred[sel] if target == "pred" else labels[sel]
     maps = []

@@ -32,7 +32,9 @@ def resolve_layers(model: nn.Module, layers: str | nn.Module | list | None) -> l
         if isinstance(layer, nn.Module):
             name = next((n for n, m in named.items() if m is layer), None)
             if name is None:
-                raise CamscopeError("the target layer is not a module of this model")
+                raise CamscopeError(
+                    "the target layer is not a module of this model", "pass a module of the model or its name"
+                )
             out.append((name, layer))
         elif layer in named:
             out.append((layer, named[layer]))

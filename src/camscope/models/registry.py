@@ -63,9 +63,14 @@ def build_model(
     ``camscope_cam_layer`` and ``camscope_head`` (module name of the classifier head).
     """
     if num_classes < 2:
-        raise CamscopeError(f"a classifier needs at least 2 classes, not {num_classes}")
+        raise CamscopeError(
+            f"a classifier needs at least 2 classes, not {num_classes}",
+            "select at least two classes for training (camscope split --classes/--top-k)",
+        )
     if in_channels < 1:
-        raise CamscopeError(f"in_channels must be positive, not {in_channels}")
+        raise CamscopeError(
+            f"in_channels must be positive, not {in_channels}", "use 1 (grayscale) or 3 (RGB)"
+        )
     e = entry(name)
     if e is not None:
         if weights:

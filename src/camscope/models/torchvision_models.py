@@ -80,7 +80,9 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise CamscopeError(f"{p} does not hold a state dict")
+        raise CamscopeError(
+            f"{p} does not hold a state dict", "save it with torch.save(model.state_dict(), path)"
+        )
     return state
 
 
@@ -114,7 +116,10 @@ def build_torchvision(
         if isinstance(m, nn.Linear):
             head = n
     if head is None:
-        raise CamscopeError(f"{tv} has no linear classifier head camscope can replace")
+        raise CamscopeError(
+            f"{tv} has no linear classifier head camscope can replace",
+            "pick a classification model from torchvision.models.list_models()",
+        )
     old = model.get_submodule(head)
     if old.out_features != num_classes:
         _set_module(model, head, nn.Linear(old.in_features, num_classes))

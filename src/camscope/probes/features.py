@@ -135,7 +135,7 @@ def features_probe(
     methods: tuple[str, ...] = ("pca", "tsne", "umap"),
 ) -> dict:
     if out_dir is None and run_dir is None:
-        raise CamscopeError("--out is needed when no run is given")
+        raise CamscopeError("--out is needed when no run is given", "add --out DIR for the features")
     out = Path(out_dir) if out_dir else Path(run_dir) / "probes" / "features"
     f = extract(prepared, run_dir, backbone, weights, device)
     known = set(f["model_classes"] or f["labels"])

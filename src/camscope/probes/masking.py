@@ -61,7 +61,6 @@ def fill_values(
 class SweepResult:
     modes: list[str]
     sizes: list[float]
-    classes: list[str]
     pred: torch.Tensor  # (M, S, N) predicted class
     conf: torch.Tensor  # (M, S, N) confidence of the prediction
     true_conf: torch.Tensor  # (M, S, N) probability of the true class
@@ -129,7 +128,7 @@ def sweep(
             progress(len(x))
     shape3 = (len(modes), len(sizes), n)
     pred, conf, true_conf = pred.view(shape3), conf.view(shape3), true_conf.view(shape3)
-    return SweepResult(list(modes), list(sizes), [], pred, conf, true_conf, labels.cpu())
+    return SweepResult(list(modes), list(sizes), pred, conf, true_conf, labels.cpu())
 
 
 def summarise(res: SweepResult, classes: list[str]) -> list[dict]:

@@ -98,7 +98,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         else:
             raise CamscopeError(f"no checkpoint in {p}", "train a model there first with `camscope train`")
     if not p.is_file():
-        raise CamscopeError(f"checkpoint {p} not found")
+        raise CamscopeError(f"checkpoint {p} not found", "give a run folder or its best/last.safetensors")
     try:
         with safe_open(str(p), framework="pt") as f:
             header = (f.metadata() or {}).get("camscope")

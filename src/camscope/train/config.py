@@ -112,4 +112,4 @@ def make_config(model: str = "fastnet", use_recipe: bool = True, **options) -> T
         return TrainConfig(**values)
     except ValidationError as err:
         msgs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in err.errors())
-        raise CamscopeError(f"bad training options: {msgs}") from err
+        raise CamscopeError(f"bad training options: {msgs}", "see camscope train --help") from err

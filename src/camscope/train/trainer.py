@@ -59,7 +59,10 @@ def to_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor:
         return (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     if channels == 3 and images.shape[1] == 1:
         return images.expand(-1, 3, -1, -1).contiguous()
-    raise CamscopeError(f"cannot convert {images.shape[1]}-channel images to {channels} channels")
+    raise CamscopeError(
+        f"cannot convert {images.shape[1]}-channel images to {channels} channels",
+        "prepare the dataset with --channels 1 or 3 and without --combine channels",
+    )
 
 
 def select_data(ds: PreparedDataset, split: dict[str, str], channels: int | None = None) -> TrainData:
