@@ -1,6 +1,7 @@
 from typer.testing import CliRunner
 
 from camscope.cli import app
+from tests.helpers import cli_train, synthetic_prepared
 
 runner = CliRunner()
 
@@ -75,11 +76,7 @@ def test_synth_and_synthetic_source(tmp_path):
 
 
 def test_train_command_makes_a_split_and_a_run(tmp_path):
-    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
-    from camscope.data.synthetic import CoinSpec, SyntheticSource
-
-    ds = prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=2)), PrepareConfig(size=16, channels=1))
-    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    _, prepared = synthetic_prepared(tmp_path / "p.safetensors", seed=2, channels=1)
     run = tmp_path / "run"
     args = [
         "train",
@@ -112,40 +109,16 @@ def test_train_command_makes_a_split_and_a_run(tmp_path):
 
 
 def test_explain_command_writes_galleries(tmp_path):
-    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
-    from camscope.data.synthetic import CoinSpec, SyntheticSource
-
-    ds = prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=4)), PrepareConfig(size=16))
-    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    _, prepared = synthetic_prepared(tmp_path / "p.safetensors", seed=4)
     run = tmp_path / "run"
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            str(prepared),
-            "--out",
-            str(run),
-            "--model",
-            "deep_cnn",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--flip",
-            "none",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    cli_train(prepared, run, "deep_cnn")
     r = runner.invoke(
         app, ["explain", str(run), "--data", str(prepared), "--method", "gradcam++", "--per-class", "2"]
     )
     assert r.exit_code == 0, r.output
     pngs = sorted((run / "explain").glob("gradcam++_*.png"))
     assert pngs and (run / "explain" / "gradcam++_maps.safetensors").is_file()
-    other = save_prepared(
-        prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=5)), PrepareConfig(size=16)),
-        tmp_path / "other.safetensors",
-    )
+    _, other = synthetic_prepared(tmp_path / "other.safetensors", seed=5)
     for m in ("occlusion", "guided_gradcam"):
         r = runner.invoke(
             app, ["explain", str(run), "--data", str(prepared), "--method", m, "--per-class", "1"]

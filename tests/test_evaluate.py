@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from camscope.cli import app
 from camscope.evaluate.metrics import (
@@ -16,6 +15,7 @@ from camscope.evaluate.metrics import (
     expected_calibration_error,
     top_k_accuracy,
 )
+from tests.helpers import cli_train, runner, synthetic_prepared
 
 
 def _logits_for(pred: list[int], k: int = 3, conf: float = 4.0) -> torch.Tensor:
@@ -67,31 +67,9 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_n():
 
 
 def test_evaluate_command_end_to_end(tmp_path):
-    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
-    from camscope.data.synthetic import CoinSpec, SyntheticSource
-
-    ds = prepare(SyntheticSource(CoinSpec(n=80, size=16, seed=1)), PrepareConfig(size=16))
-    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    _, prepared = synthetic_prepared(tmp_path / "p.safetensors", n=80, seed=1)
     run = tmp_path / "run"
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            str(prepared),
-            "--out",
-            str(run),
-            "--model",
-            "gray_cnn",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "16",
-            "--flip",
-            "none",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    cli_train(prepared, run, "gray_cnn", 2)
     r = runner.invoke(app, ["evaluate", str(run), "--data", str(prepared), "--bootstrap", "200"])
     assert r.exit_code == 0, r.output
     assert "leak-free" in r.output and "per class" in r.output
@@ -120,31 +98,9 @@ def test_evaluate_command_end_to_end(tmp_path):
 def test_predict_command_on_new_files(tmp_path):
     from PIL import Image
 
-    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
-    from camscope.data.synthetic import CoinSpec, SyntheticSource
-
-    ds = prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=3)), PrepareConfig(size=16, combine="channels"))
-    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    ds, prepared = synthetic_prepared(tmp_path / "p.safetensors", seed=3, combine="channels")
     run = tmp_path / "run"
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            str(prepared),
-            "--out",
-            str(run),
-            "--model",
-            "gray_cnn",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--flip",
-            "none",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    cli_train(prepared, run)
     folder = tmp_path / "new"
     folder.mkdir()
     for i in range(3):

@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from camscope.cli import app
 from camscope.errors import CamscopeError
 from camscope.models.inference import Preprocess
 from camscope.probes.masking import Geometry, mask, parse_sizes, summarise, sweep
+from tests.helpers import cli_train, runner, synthetic_prepared
 
 
 def test_mask_geometry():
@@ -68,34 +70,9 @@ def test_sweep_centre_model_fails_under_centre_masks_only():
 
 
 def test_mask_command_end_to_end(tmp_path):
-    from typer.testing import CliRunner
-
-    from camscope.cli import app
-    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
-    from camscope.data.synthetic import CoinSpec, SyntheticSource
-
-    ds = prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=6)), PrepareConfig(size=16))
-    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    _, prepared = synthetic_prepared(tmp_path / "p.safetensors", seed=6)
     run = tmp_path / "run"
-    runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            str(prepared),
-            "--out",
-            str(run),
-            "--model",
-            "gray_cnn",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--flip",
-            "none",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    cli_train(prepared, run)
     r = runner.invoke(
         app,
         [

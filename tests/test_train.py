@@ -23,6 +23,7 @@ from camscope.train.checkpoint import load_checkpoint, save_checkpoint
 from camscope.train.config import make_config
 from camscope.train.schedules import lr_multiplier
 from camscope.train.trainer import NonFiniteLoss, TrainData, select_data, to_channels, train
+from tests.helpers import synthetic_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -310,12 +311,9 @@ def test_registry_lists_the_four_models():
 
 
 def _prepared_dataset(tmp_path: Path) -> tuple[Path, Path]:
-    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
     from camscope.data.splits import SplitConfig, make_split, write_split
-    from camscope.data.synthetic import CoinSpec, SyntheticSource
 
-    ds = prepare(SyntheticSource(CoinSpec(n=120, size=16, seed=0)), PrepareConfig(size=16))
-    path = save_prepared(ds, tmp_path / "coins.safetensors")
+    ds, path = synthetic_prepared(tmp_path / "coins.safetensors", n=120)
     csv, _ = write_split(make_split(ds, SplitConfig(seed=0)), tmp_path / "splitdir")
     return path, csv
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from camscope.cli import app
 from camscope.probes.unseen import (
     auroc_and_fpr95,
     fit_reference,
@@ -15,6 +16,7 @@ from camscope.probes.unseen import (
     logits_and_features,
     scores,
 )
+from tests.helpers import cli_train, runner, synthetic_prepared
 
 
 def test_auroc_and_fpr_by_hand():
@@ -66,36 +68,11 @@ def test_features_hook_and_consistency():
 def test_unseen_command_end_to_end(tmp_path):
     import json
 
-    from typer.testing import CliRunner
-
-    from camscope.cli import app
-    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
-    from camscope.data.synthetic import CoinSpec, SyntheticSource
-
-    ds = prepare(SyntheticSource(CoinSpec(n=80, size=16, seed=7)), PrepareConfig(size=16))
-    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    ds, prepared = synthetic_prepared(tmp_path / "p.safetensors", n=80, seed=7)
     run = tmp_path / "run"
-    runner = CliRunner()
     r = runner.invoke(app, ["split", str(prepared), "--out", str(run), "--classes", "centre_cross,rim_dots"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            str(prepared),
-            "--out",
-            str(run),
-            "--model",
-            "gray_cnn",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--flip",
-            "none",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    cli_train(prepared, run)
     r = runner.invoke(app, ["unseen", str(run), "--data", str(prepared), "--classes", "rim_ticks"])
     assert r.exit_code == 0, r.output
     res = json.loads((run / "probes" / "unseen" / "unseen.json").read_text())
@@ -111,11 +88,6 @@ def test_unseen_command_end_to_end(tmp_path):
 def test_features_command_and_probes(tmp_path):
     import json
 
-    from typer.testing import CliRunner
-
-    from camscope.cli import app
-    from camscope.data.prepare import PrepareConfig, prepare, save_prepared
-    from camscope.data.synthetic import CoinSpec, SyntheticSource
     from camscope.probes.features import probe_accuracy
 
     # the probes on features that separate two classes perfectly, and not at all
@@ -127,29 +99,10 @@ def test_features_command_and_probes(tmp_path):
     same = rng.normal(0, 1, (40, 4))
     assert probe_accuracy(same, labels, splits, {"a", "b"})["knn5_accuracy"] < 0.9
 
-    ds = prepare(SyntheticSource(CoinSpec(n=60, size=16, seed=8)), PrepareConfig(size=16))
-    prepared = save_prepared(ds, tmp_path / "p.safetensors")
+    ds, prepared = synthetic_prepared(tmp_path / "p.safetensors", seed=8)
     run = tmp_path / "run"
-    runner = CliRunner()
     assert runner.invoke(app, ["split", str(prepared), "--out", str(run), "--top-k", "3"]).exit_code == 0
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            str(prepared),
-            "--out",
-            str(run),
-            "--model",
-            "gray_cnn",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--flip",
-            "none",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    cli_train(prepared, run)
     r = runner.invoke(app, ["features", str(run), "--data", str(prepared), "--projection", "pca,tsne"])
     assert r.exit_code == 0, r.output
     out = run / "probes" / "features"

@@ -50,6 +50,9 @@ DataRoot = Annotated[str | None, typer.Option("--data-root", help="folder the CS
 Delimiter = Annotated[str | None, typer.Option("--delimiter", help="CSV delimiter (sniffed by default)")]
 Download = Annotated[bool, typer.Option("--download", help="download CIFAR-10 when it is not cached")]
 Workers = Annotated[int, typer.Option("--workers", help="processes (0: one per core)")]
+RunArg = Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")]
+DataOpt = Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda")]
 
 
 def _source(
@@ -477,13 +480,13 @@ def print_training(result) -> None:
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
-    data: Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")],
+    run: RunArg,
+    data: DataOpt,
     split_name: Annotated[str, typer.Option("--split", help="which split to evaluate")] = "test",
     tta: Annotated[str | None, typer.Option(help="none | flip | flip_translate (default: the run's)")] = None,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals (0: off)")] = 1000,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (default RUN/eval)")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOpt = "cpu",
 ):
     """Accuracy, precision/recall/F1, confusion matrices, calibration and error gallery of a run."""
 
@@ -549,7 +552,7 @@ def print_evaluation(res: dict) -> None:
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
+    run: RunArg,
     paths: Annotated[list[str], typer.Argument(help="image files, folders, or a CSV of image paths")],
     out: Annotated[Path, typer.Option("--out", "-o", help="predictions CSV to write")] = Path(
         "predictions.csv"
@@ -563,7 +566,7 @@ def predict(
         Path | None, typer.Option(help="folder for the overlays (default: next to --out)")
     ] = None,
     batch: Annotated[int, typer.Option(help="images per batch")] = 64,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOpt = "cpu",
 ):
     """Classify new images with a trained run, using the run's own preparation and preprocessing."""
 
@@ -582,8 +585,8 @@ def predict(
 
 @app.command()
 def explain(
-    run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
-    data: Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")],
+    run: RunArg,
+    data: DataOpt,
     split_name: Annotated[str, typer.Option("--split", help="which split to explain")] = "test",
     method: Annotated[
         str,
@@ -595,7 +598,7 @@ def explain(
     per_class: Annotated[int, typer.Option(help="images per class and per correct/wrong")] = 6,
     target: Annotated[str, typer.Option(help="explain the 'pred'icted or the 'true' class")] = "pred",
     out: Annotated[Path | None, typer.Option("--out", help="output folder (default RUN/explain)")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOpt = "cpu",
 ):
     """CAM galleries: per class, the most confident correct and wrong predictions with heat maps."""
 
@@ -617,8 +620,8 @@ def explain(
 
 @app.command()
 def mask(
-    run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
-    data: Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")],
+    run: RunArg,
+    data: DataOpt,
     split_name: Annotated[str, typer.Option("--split", help="which split to probe")] = "test",
     sizes: Annotated[
         str, typer.Option(help="fractions of the object's radius: start:stop:step or a list")
@@ -630,7 +633,7 @@ def mask(
     out: Annotated[
         Path | None, typer.Option("--out", help="output folder (default RUN/probes/masking)")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOpt = "cpu",
 ):
     """Hide the centre or the outer ring of each object at growing sizes: accuracy, confidence, CAMs."""
 
@@ -666,15 +669,15 @@ def mask(
 
 @app.command()
 def unseen(
-    run: Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")],
-    data: Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")],
+    run: RunArg,
+    data: DataOpt,
     classes: Annotated[
         str | None, typer.Option(help="comma-separated classes the model never saw (default: all of them)")
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="output folder (default RUN/probes/unseen)")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOpt = "cpu",
 ):
     """What the model says about a class it never saw, and how well OOD scores separate it."""
 
@@ -718,7 +721,7 @@ def features(
     out: Annotated[
         Path | None, typer.Option("--out", help="output folder (default RUN/probes/features)")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    device: DeviceOpt = "cpu",
 ):
     """Penultimate-layer embeddings, 2-D projections by class, linear-probe and kNN accuracy."""
 
