@@ -11,6 +11,16 @@ from PIL import Image, ImageDraw, ImageFont
 from camscope.utils import atomic_write_bytes
 
 
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (figures are only ever saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def displayable(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, 3, H, W'): gray repeated; sides stacked as channels (C = 3s) laid side by side."""
     c = images.shape[1]

@@ -8,7 +8,6 @@ skipped, never fatal.
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from camscope.errors import CamscopeError
 from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
 from camscope.train.checkpoint import load_model
-from camscope.utils import atomic_write_text
+from camscope.utils import safe_filename, write_rows_csv
 
 
 def collect_inputs(paths: list[str], image_cols: list[str] | None = None) -> list[tuple[str, list[Path]]]:
@@ -126,12 +125,8 @@ def predict_paths(
                         conf[:, 0],
                     )
             progress.advance(task, len(items[s : s + batch]))
-    buf = io.StringIO()
     fields = ["path"] + [f for j in range(k) for f in (f"label_{j + 1}", f"confidence_{j + 1}")]
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out_csv, buf.getvalue())
+    write_rows_csv(out_csv, rows, fields)
     return {"predicted": len(rows), "skipped": problems, "out": str(out_csv)}
 
 
@@ -143,7 +138,7 @@ def _save_cams(model, x, prep, targets, names, method, out: Path, classes, conf)
     maps = explain(model, prep(x), method, targets=targets).first().cpu()
     tiles = overlay(x, maps)
     for i, name in enumerate(names):
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(name.split(" | ")[0]).stem)
+        stem = safe_filename(Path(name.split(" | ")[0]).stem, keep="-_.", limit=120)
         cap = [f"{classes[int(targets[i])]} {float(conf[i]):.2f}"]
         save_png(
             grid(tiles[i : i + 1], cap, cols=1, scale=max(1, 128 // x.shape[-2])),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -26,3 +28,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_rows_csv(path: str | Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """Rows of dicts as CSV, atomically; the columns are ``fields`` or every key in order of appearance."""
+    if fields is None:
+        fields = []
+        for row in rows:
+            fields += [k for k in row if k not in fields]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def safe_filename(name: str, keep: str = "-_", limit: int = 60) -> str:
+    """``name`` with every character but letters, digits and ``keep`` replaced by '_'."""
+    return "".join(ch if ch.isalnum() or ch in keep else "_" for ch in name)[:limit]

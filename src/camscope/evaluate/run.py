@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from camscope.evaluate.data import leak_flags, split_tensors
 from camscope.evaluate.metrics import classification_metrics
-from camscope.figures import displayable, grid, save_png
+from camscope.figures import displayable, grid, pyplot, save_png
 from camscope.models.inference import predict_logits
 from camscope.train.checkpoint import load_model
 from camscope.utils import atomic_write_text
@@ -117,17 +117,8 @@ def _write_predictions(path: Path, ids, labels, logits, classes, leaked) -> None
     atomic_write_text(path, buf.getvalue())
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _confusion_png(path: Path, cm: np.ndarray, classes: list[str]) -> None:
-    plt = _plt()
+    plt = pyplot()
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
     k = len(classes)
@@ -160,7 +151,7 @@ def _confusion_png(path: Path, cm: np.ndarray, classes: list[str]) -> None:
 
 
 def _reliability_png(path: Path, table: list[dict], ece: float) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     centres = [(b["lo"] + b["hi"]) / 2 for b in table if b["count"]]
     accs = [b["accuracy"] for b in table if b["count"]]

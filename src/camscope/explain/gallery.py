@@ -17,7 +17,7 @@ from camscope.figures import grid, save_png
 from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
 from camscope.train.checkpoint import load_model
-from camscope.utils import atomic_write_bytes
+from camscope.utils import atomic_write_bytes, safe_filename
 
 
 def saliency_maps(model, x, method: str, targets, layers=None) -> torch.Tensor:
@@ -97,7 +97,7 @@ def cam_gallery(
             ]
             scale = max(1, 96 // tiles.shape[-2])
             img = grid(tiles[k], caps, cols=per_class, scale=scale)
-            written.append(save_png(img, out / f"{method}_{_safe(name)}_{group}.png"))
+            written.append(save_png(img, out / f"{method}_{safe_filename(name)}_{group}.png"))
     atomic_write_bytes(
         out / f"{method}_maps.safetensors",
         save(
@@ -106,7 +106,3 @@ def cam_gallery(
         ),
     )
     return {"files": [str(p) for p in written], "n": len(sel), "out": str(out), "split": split}
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:60]

@@ -164,10 +164,9 @@ def features_probe(
 
 
 def _plot(path: Path, proj: dict, labels: list[str], known: set[str]) -> None:
-    import matplotlib
+    from camscope.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not proj:
         return

@@ -3,8 +3,6 @@ to "does the model rely on the centre or on the outer part of the object?"."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -19,7 +17,7 @@ from camscope.figures import grid, save_png
 from camscope.probes.masking import MODES, Geometry, fill_values, mask, summarise, sweep
 from camscope.progress import make_progress
 from camscope.train.checkpoint import load_model
-from camscope.utils import atomic_write_text
+from camscope.utils import atomic_write_text, write_rows_csv
 
 
 def equal_area_size(mode: str, area: float) -> float:
@@ -125,8 +123,8 @@ def masking_probe(
             f"{drop_o:.1%} when it is the outer ring: the model relies more on the {relies}"
         )
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "masking.csv", rows)
-    _write_csv(out / "cam_visible_energy.csv", cam_rows)
+    write_rows_csv(out / "masking.csv", rows)
+    write_rows_csv(out / "cam_visible_energy.csv", cam_rows)
     atomic_write_text(
         out / "masking.json",
         json.dumps(
@@ -148,19 +146,10 @@ def masking_probe(
     return {"out": str(out), "answer": answer, "overall": overall, "cam": cam_rows}
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def _curves_png(path: Path, rows: list[dict], classes: list[str], modes) -> None:
-    import matplotlib
+    from camscope.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     styles = {"centre": "-", "outer": "--"}

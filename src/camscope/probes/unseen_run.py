@@ -133,10 +133,9 @@ def unseen_probe(
 
 
 def _figures(out: Path, conf_u, conf_in, s_in, s_out, separation) -> None:
-    import matplotlib
+    from camscope.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.metrics import roc_curve
 
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -3,13 +3,11 @@ TensorBoard / MLflow when they are installed and asked for."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 from camscope.errors import CamscopeError
-from camscope.utils import atomic_write_text
+from camscope.utils import write_rows_csv
 
 
 class RunLog:
@@ -60,14 +58,7 @@ class RunLog:
             self.mlflow.log_metrics(numeric, step=int(row["epoch"]))
 
     def write_csv(self, history: list[dict]) -> None:
-        keys: list[str] = []
-        for row in history:
-            keys += [k for k in row if k not in keys]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-        w.writeheader()
-        w.writerows(history)
-        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        write_rows_csv(self.run_dir / "metrics.csv", history)
 
     def close(self) -> None:
         if self.tb is not None:
@@ -80,10 +71,9 @@ def plot_learning_curve(history: list[dict], path: Path) -> Path | None:
     """Loss and accuracy against epoch for train and validation, as a PNG."""
     if not history:
         return None
-    import matplotlib
+    from camscope.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ep = [r["epoch"] for r in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
