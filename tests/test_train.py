@@ -454,22 +454,14 @@ def test_tensorboard_and_mlflow_logging(tmp_path, monkeypatch):
         end_run=lambda: calls.append(("end",)),
     )
     monkeypatch.setitem(sys.modules, "mlflow", fake)
-    has_tb = True
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        has_tb = False
-    cfg = make_config(
-        "gray_cnn", epochs=2, batch_size=24, tensorboard=has_tb, mlflow_uri="file:///tmp/mlruns"
-    )
+    cfg = make_config("gray_cnn", epochs=2, batch_size=24, tensorboard=True, mlflow_uri="file:///tmp/mlruns")
     train(cfg, toy_data(channels=1), tmp_path / "run")
     assert (
         calls[0] == ("uri", "file:///tmp/mlruns") and calls[1] == ("start", "run") and calls[-1] == ("end",)
     )
     steps = [c for c in calls if c[0] == "metrics"]
     assert [c[1] for c in steps] == [1, 2] and "val_acc" in steps[0][2]
-    if has_tb:
-        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_missing_logging_package_is_a_clear_error(tmp_path, monkeypatch):
