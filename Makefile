@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m camscope.demo
+	$(VENV)/bin/camscope run studies/demo.yaml --out demo-output
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -751,6 +751,54 @@ def features(
     _run(go)
 
 
+@app.command("run")
+def run_study(
+    study: Annotated[Path, typer.Argument(help="study file (.yaml), e.g. studies/demo.yaml")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="run folder (default: runs/<study name>)")
+    ] = None,
+    from_stage: Annotated[
+        str | None,
+        typer.Option("--from", help="re-run from this stage on, e.g. train or train:top2"),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a study key, e.g. source.path=/data/coins.zip (repeatable)"),
+    ] = None,
+):
+    """Run a study stage by stage into one folder; unchanged stages are skipped; ends with the report."""
+
+    def go():
+        from camscope.study.config import Study, parse_set
+
+        s = Study.from_yaml(study, parse_set(set_ or []))
+        res = s.run(out or Path("runs") / s.name, from_stage, console)
+        console.rule("done")
+        console.print(
+            f"{len(res['ran'])} stage(s) ran, {len(res['skipped'])} unchanged; {res['seconds']:.1f} s"
+        )
+        if res["report"]:
+            console.print(f"report: [bold]{res['report']}[/]")
+
+    _run(go)
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="study run folder or training run folder")]):
+    """(Re)write report.html and results.json for a run folder from what it holds."""
+
+    def go():
+        from camscope.report.html import write_report
+        from camscope.report.results import collect_results
+
+        if not run.is_dir():
+            raise CamscopeError(f"run folder {run} not found", "give the folder camscope run or train wrote")
+        path = write_report(collect_results(run), run)
+        console.print(f"report: [bold]{path}[/]")
+
+    _run(go)
+
+
 @app.command()
 def models():
     """List the registered models with their default CAM layer."""

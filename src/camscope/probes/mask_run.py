@@ -189,7 +189,8 @@ def _curves_png(path: Path, rows: list[dict], classes: list[str], modes) -> None
 
 
 def _cam_shift_png(path: Path, cam_maps: dict, modes, sizes, show: int) -> None:
-    picks = [s for s in sizes if s in (0.0, 0.3, 0.5, 0.7, 0.9)] or sizes[:5]
+    # up to five sizes spread over the sweep, the unmasked image first
+    picks = list(sizes) if len(sizes) <= 5 else [sizes[round(i * (len(sizes) - 1) / 4)] for i in range(5)]
     tiles, caps = [], []
     for mode in modes:
         for i in range(min(show, len(next(iter(cam_maps.values()))[0]))):

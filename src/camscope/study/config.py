@@ -1,0 +1,285 @@
+"""The study file: one validated description of a whole analysis, from the source to the report."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from camscope.data.spec import SourceSpec
+from camscope.errors import CamscopeError
+from camscope.train.config import TrainConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class StudySource(SourceSpec):
+    # synthetic coins written to disk with planted problems, then read back like any CSV
+    messy: bool = False
+
+
+class AuditSection(_Strict):
+    near_duplicates: bool = True
+    workers: int = 0
+
+
+class CleanSection(_Strict):
+    # audit finding kinds whose items are left out before preparation
+    drop: list[str] = Field(
+        default_factory=lambda: [
+            "zero_byte",
+            "not_an_image",
+            "truncated",
+            "unreadable",
+            "too_large",
+            "missing_file",
+            "missing_side",
+            "path_outside_root",
+        ]
+    )
+    # keep one item of each duplicate group (split time): none | exact | near
+    dedupe: Literal["none", "exact", "near"] = "none"
+
+
+class PrepareSection(_Strict):
+    size: int = 64
+    policy: Literal["pad", "crop", "stretch"] = "pad"
+    channels: Literal[1, 3] = 3
+    combine: Literal["side_by_side", "channels"] = "side_by_side"
+    workers: int = 0
+
+
+class SplitSection(_Strict):
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    allow_leaks: bool = False
+    respect_given: bool = True
+
+
+class ClassesSection(_Strict):
+    names: list[str] | None = None
+    top_k: int | None = None
+    ranks: list[int] | None = None  # 1-based size ranks, e.g. [2, 3]
+    min_count: int | None = None
+
+
+class SearchSection(_Strict):
+    """Hyper-parameter search, judged on the validation split only."""
+
+    method: Literal["grid", "optuna"] = "grid"
+    # grid: key -> list of values; optuna: key -> list (categorical) or {low, high, log}
+    params: dict[str, Any] = Field(default_factory=dict)
+    trials: int = 8  # optuna only
+    seed: int = 0
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict) -> dict:
+        for key, values in v.items():
+            if not key.startswith("prepare.") and key not in TrainConfig.model_fields:
+                raise ValueError(f"unknown parameter {key!r} (a training option or prepare.<option>)")
+            if key.startswith("prepare.") and key[8:] not in PrepareSection.model_fields:
+                raise ValueError(f"unknown preparation option {key[8:]!r}")
+            if isinstance(values, dict):
+                if set(values) - {"low", "high", "log"} or not {"low", "high"} <= set(values):
+                    raise ValueError(f"{key}: a range is {{low: .., high: .., log: true|false}}")
+            elif not isinstance(values, list) or not values:
+                raise ValueError(f"{key}: give a non-empty list of values")
+        return v
+
+
+class MaskSection(_Strict):
+    sizes: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)])
+    modes: list[Literal["centre", "outer"]] = Field(default_factory=lambda: ["centre", "outer"])
+    fill: Literal["zero", "mean", "blur", "noise"] = "zero"
+    shape: Literal["disk", "square"] = "disk"
+    cam_images: int = 128
+
+
+class UnseenSection(_Strict):
+    names: list[str] | None = None  # default: every class the experiment left out
+    ranks: list[int] | None = None  # or by size rank in the whole dataset
+
+
+class ExplainSection(_Strict):
+    methods: list[str] = Field(default_factory=lambda: ["gradcam"])
+    per_class: int = 6
+    faithfulness_images: int = 128
+
+
+class FeaturesSection(_Strict):
+    projections: list[str] = Field(default_factory=lambda: ["pca", "tsne", "umap"])
+
+
+ANALYSES = ("evaluate", "explain", "faithfulness", "mask", "unseen", "features")
+
+
+class Experiment(_Strict):
+    name: str
+    description: str = ""
+    classes: ClassesSection = Field(default_factory=ClassesSection)
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig options over the model's recipe
+    search: SearchSection | None = None
+    analyses: list[Literal["evaluate", "explain", "faithfulness", "mask", "unseen", "features"]] = Field(
+        default_factory=lambda: ["evaluate", "explain"]
+    )
+    explain: ExplainSection = Field(default_factory=ExplainSection)
+    mask: MaskSection = Field(default_factory=MaskSection)
+    unseen: UnseenSection = Field(default_factory=UnseenSection)
+    features: FeaturesSection = Field(default_factory=FeaturesSection)
+    tta: str | None = None  # evaluation TTA (default: the recipe's)
+    bootstrap: int = 1000
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or not all(ch.isalnum() or ch in "-_" for ch in v):
+            raise ValueError("use letters, digits, '-' and '_' only (it names a folder)")
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: dict) -> dict:
+        unknown = sorted(set(v) - set(TrainConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(unknown)}")
+        return v
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """The grid's settings, each a dict of overrides (one empty dict without a grid search)."""
+        if self.search is None or self.search.method != "grid" or not self.search.params:
+            return [{}]
+        keys = sorted(self.search.params)
+        return [
+            dict(zip(keys, combo, strict=True))
+            for combo in itertools.product(*(self.search.params[k] for k in keys))
+        ]
+
+
+class Study(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    device: str = "cpu"
+    source: StudySource
+    audit: AuditSection = Field(default_factory=AuditSection)
+    clean: CleanSection = Field(default_factory=CleanSection)
+    prepare: PrepareSection = Field(default_factory=PrepareSection)
+    split: SplitSection = Field(default_factory=SplitSection)
+    experiments: list[Experiment]
+    report: bool = True
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [e.name for e in self.experiments]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"experiment names must be unique: {', '.join(dup)}")
+        if not names:
+            raise ValueError("a study needs at least one experiment")
+        return self
+
+    # where the study file lives: relative data paths are read from there
+    _base: Path = Path(".")
+    _text: str = ""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+        """Read and validate a study file; ``overrides`` maps dotted keys to values (e.g. a data path)."""
+        p = Path(path)
+        if not p.is_file():
+            raise CamscopeError(f"study file {p} not found", "give the path of a .yaml study file")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise CamscopeError(
+                f"{p} is not valid YAML: {e}", "check the indentation near that line"
+            ) from None
+        if not isinstance(raw, dict):
+            raise CamscopeError(f"{p} does not hold a study (a mapping of sections)", "see studies/demo.yaml")
+        for key, value in (overrides or {}).items():
+            _set_dotted(raw, key, value)
+        study = cls.from_dict(raw, str(p))
+        study._base = p.resolve().parent
+        study._text = p.read_text(encoding="utf-8")
+        study._resolve_paths()
+        return study
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "study") -> Study:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            kind = first["type"]
+            msg = first["msg"]
+            if kind == "extra_forbidden":
+                msg = "unknown key"
+            more = f" (and {e.error_count() - 1} more problem(s))" if e.error_count() > 1 else ""
+            raise CamscopeError(
+                f"{where}: {loc}: {msg}{more}",
+                "compare with studies/demo.yaml and the README's study section",
+            ) from None
+
+    def _resolve_paths(self) -> None:
+        s = self.source
+        for attr in ("path", "data_root"):
+            value = getattr(s, attr)
+            if value and s.resolved_kind() != "synthetic" and not _is_special(value):
+                archive = value.split("!/", 1)
+                p = Path(archive[0]).expanduser()
+                if not p.is_absolute():
+                    p = (self._base / p).resolve()
+                if not p.exists():
+                    raise CamscopeError(
+                        f"source.{attr}: {p} not found",
+                        f"fix the path in the study file or override it: --set source.{attr}=PATH",
+                    )
+                setattr(s, attr, str(p) + (f"!/{archive[1]}" if len(archive) > 1 else ""))
+
+    def run(self, out: str | Path, from_stage: str | None = None, console=None) -> dict:
+        """Run the study into ``out`` (cached stages are skipped); returns what ran and where."""
+        from camscope.study.runner import StudyRun
+
+        return StudyRun(self, out, self._text, console).run(from_stage)
+
+    def train_config_overrides(self, exp: Experiment, candidate: dict) -> dict:
+        over = {"seed": self.seed, "device": self.device, **exp.train}
+        over.update({k: v for k, v in candidate.items() if not k.startswith("prepare.")})
+        return over
+
+
+def _is_special(value: str) -> bool:
+    return value.lower().startswith(("cifar10", "synthetic"))
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = next((e for e in node if isinstance(e, dict) and e.get("name") == part), None)
+            if node is None:
+                raise CamscopeError(f"--set {key}: no experiment named {part!r}")
+            continue
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs from the command line; values are read as YAML (numbers, lists, true)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise CamscopeError(
+                f"cannot read --set {item!r}", "write key=value, e.g. source.path=/data/coins.zip"
+            )
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out

@@ -1,0 +1,561 @@
+"""Run a study stage by stage into one run folder.
+
+Layout of RUN/:
+  study.yaml            the study as given; study.resolved.json as validated (defaults filled in)
+  stages.json           per stage: input hash, status, seconds, summary (see stages.py)
+  source/               synthetic coins written to disk (messy synthetic sources only)
+  audit/                audit.json, thumbnails of each problem kind
+  prepared/             the prepared dataset(s)
+  <experiment>/         split.csv, selection.json, candidates/<name>/ (one training run each)
+                        the selected candidate holds eval/, explain/, probes/
+  results.json          every number;  report.html  the report
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from camscope.data.prepare import PrepareConfig
+from camscope.errors import CamscopeError
+from camscope.study.config import Experiment, Study
+from camscope.study.stages import Stage, StageLog, stage_key
+from camscope.utils import atomic_write_text, safe_filename
+
+MONITOR_LOWER_IS_BETTER = {"val_loss"}
+
+
+class StudyRun:
+    def __init__(self, study: Study, out: str | Path, study_text: str = "", console: Console | None = None):
+        self.study = study
+        self.root = Path(out).resolve()
+        self.study_text = study_text
+        self.console = console or Console()
+        self.log = StageLog(self.root)
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def audit_path(self) -> Path:
+        return self.root / "audit" / "audit.json"
+
+    def prepared_path(self, overrides: dict | None = None) -> Path:
+        cfg = self.prepare_config(overrides)
+        if not overrides or cfg == self.prepare_config():
+            return self.root / "prepared" / "data.safetensors"
+        tag = hashlib.sha256(json.dumps(vars(cfg), sort_keys=True).encode()).hexdigest()[:10]
+        return self.root / "prepared" / f"data-{tag}.safetensors"
+
+    def prepare_config(self, overrides: dict | None = None) -> PrepareConfig:
+        p = self.study.prepare.model_dump()
+        for k, v in (overrides or {}).items():
+            if k.startswith("prepare."):
+                p[k[8:]] = v
+        return PrepareConfig(**p)
+
+    def exp_dir(self, exp: Experiment) -> Path:
+        return self.root / exp.name
+
+    def selection(self, exp: Experiment) -> dict:
+        path = self.exp_dir(exp) / "selection.json"
+        if not path.is_file():
+            raise CamscopeError(
+                f"experiment {exp.name} has no trained model yet",
+                f"run its training stage: --from train:{exp.name}",
+            )
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    # -- the plan ----------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        s = self.study
+        src_cfg = {"source": s.source.model_dump(), "files": _fingerprint(s.source.path), "seed": s.seed}
+        out: list[Stage] = [
+            Stage("source", "source", src_cfg, [], self._source, [self.root / "source.json"]),
+            Stage("audit", "audit", s.audit.model_dump(), ["source"], self._audit, [self.audit_path]),
+            Stage(
+                "prepare",
+                "prepare",
+                {"prepare": s.prepare.model_dump(), "clean": s.clean.drop},
+                ["source", "audit"],
+                self._prepare,
+                [self.prepared_path()],
+            ),
+        ]
+        for exp in s.experiments:
+            d = self.exp_dir(exp)
+            n = exp.name
+            out.append(
+                Stage(
+                    f"split:{n}",
+                    "split",
+                    {
+                        "split": s.split.model_dump(),
+                        "classes": exp.classes.model_dump(),
+                        "dedupe": s.clean.dedupe,
+                    },
+                    ["prepare"],
+                    lambda e=exp: self._split(e),
+                    [d / "split.csv"],
+                )
+            )
+            train_cfg = {
+                "train": exp.train,
+                "search": exp.search.model_dump() if exp.search else None,
+                "seed": s.seed,
+                "device": s.device,
+            }
+            out.append(
+                Stage(
+                    f"train:{n}",
+                    "train",
+                    train_cfg,
+                    [f"split:{n}"],
+                    lambda e=exp: self._train(e),
+                    [d / "selection.json"],
+                )
+            )
+            for kind in exp.analyses:
+                cfg = {
+                    "evaluate": {"tta": exp.tta, "bootstrap": exp.bootstrap},
+                    "explain": exp.explain.model_dump(),
+                    "faithfulness": exp.explain.model_dump(),
+                    "mask": exp.mask.model_dump(),
+                    "unseen": exp.unseen.model_dump(),
+                    "features": exp.features.model_dump(),
+                }[kind]
+                fn = getattr(self, f"_{kind}")
+                out.append(
+                    Stage(
+                        f"{kind}:{n}",
+                        kind,
+                        cfg,
+                        [f"train:{n}"],
+                        lambda e=exp, f=fn: f(e),
+                        [d / f"{kind}.done"],
+                    )
+                )
+        if s.report:
+            out.append(Stage("report", "report", {}, [st.name for st in out], self._report, []))
+        return out
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, from_stage: str | None = None) -> dict:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.study_text:
+            atomic_write_text(self.root / "study.yaml", self.study_text)
+        atomic_write_text(
+            self.root / "study.resolved.json", json.dumps(self.study.model_dump(mode="json"), indent=1)
+        )
+        plan = self.stages()
+        force_from = None
+        if from_stage:
+            force_from = next((i for i, st in enumerate(plan) if from_stage in (st.name, st.kind)), None)
+            if force_from is None:
+                raise CamscopeError(
+                    f"no stage {from_stage!r} in this study",
+                    "stages: " + ", ".join(st.name for st in plan),
+                )
+        keys: dict[str, str] = {}
+        t_all = time.perf_counter()
+        ran, skipped = [], []
+        for i, st in enumerate(plan):
+            key = stage_key(st.kind, st.config, [keys[u] for u in st.inputs])
+            keys[st.name] = key
+            forced = force_from is not None and i >= force_from
+            if st.kind != "report" and not forced and self.log.is_fresh(st, key):
+                skipped.append(st.name)
+                self.console.print(f"[dim]= {st.name}: unchanged, skipped[/]")
+                continue
+            self.console.rule(f"{st.name}")
+            self.log.started(st, key)
+            t0 = time.perf_counter()
+            try:
+                summary = st.run() or {}
+            except BaseException as e:
+                seconds = time.perf_counter() - t0
+                if isinstance(e, CamscopeError):
+                    msg = e.message
+                elif isinstance(e, KeyboardInterrupt):
+                    msg = "interrupted"
+                else:
+                    msg = f"{type(e).__name__}: {e}"
+                self.log.failed(st, key, seconds, msg)
+                logs = self.root / "logs"
+                logs.mkdir(exist_ok=True)
+                (logs / f"{safe_filename(st.name)}.log").write_text(traceback.format_exc(), encoding="utf-8")
+                if isinstance(e, KeyboardInterrupt | CamscopeError):
+                    raise
+                raise CamscopeError(
+                    f"stage {st.name} failed: {msg}",
+                    f"the traceback is in {logs / (safe_filename(st.name) + '.log')}; "
+                    "finished stages are kept, "
+                    "rerun the same command to continue from this one",
+                ) from e
+            seconds = time.perf_counter() - t0
+            if st.kind not in ("source", "audit", "prepare", "split", "train", "report"):
+                atomic_write_text(self.exp_dir(self._exp_of(st)) / f"{st.kind}.done", key)
+            self.log.finished(st, key, seconds, summary)
+            ran.append(st.name)
+            self.console.print(f"[green]done[/] {st.name} in {seconds:.1f} s")
+        return {
+            "root": str(self.root),
+            "ran": ran,
+            "skipped": skipped,
+            "seconds": time.perf_counter() - t_all,
+            "report": str(self.root / "report.html") if self.study.report else None,
+        }
+
+    def _exp_of(self, st: Stage) -> Experiment:
+        name = st.name.split(":", 1)[1]
+        return next(e for e in self.study.experiments if e.name == name)
+
+    # -- stages ------------------------------------------------------------------------------
+    def open_source(self):
+        from camscope.data.spec import open_source
+
+        s = self.study.source
+        if s.messy:
+            from camscope.data.messy import HEADS, LABEL_REGEX, TAILS
+            from camscope.data.sources import CsvSource
+
+            return CsvSource(
+                self.root / "source" / "coins.csv",
+                patterns=[HEADS, TAILS],
+                label_from="Obverse",
+                label_regex=LABEL_REGEX,
+            )
+        return open_source(s)
+
+    def _source(self) -> dict:
+        s = self.study.source
+        if s.messy:
+            if s.resolved_kind() != "synthetic":
+                raise CamscopeError(
+                    "source.messy applies to synthetic coins only", "set source.kind: synthetic"
+                )
+            from camscope.data.messy import write_messy_coins
+
+            shutil.rmtree(self.root / "source", ignore_errors=True)
+            _, planted = write_messy_coins(self.root / "source", n=s.n, size=s.size, seed=s.seed)
+            info = {"kind": "synthetic coins on disk, with planted problems", "planted": planted}
+        else:
+            info = {"kind": s.resolved_kind()}
+        src = self.open_source()
+        info.update({"description": src.description, "items": len(src)})
+        atomic_write_text(self.root / "source.json", json.dumps(info, indent=1))
+        self.console.print(f"{len(src)} items from {src.description}")
+        return {"items": len(src), "description": src.description}
+
+    def _audit(self) -> dict:
+        from camscope.data.audit import AuditConfig, audit, write_audit
+        from camscope.report.thumbnails import problem_thumbnails
+
+        src = self.open_source()
+        report = audit(
+            src,
+            AuditConfig(near_duplicates=self.study.audit.near_duplicates, workers=self.study.audit.workers),
+        )
+        write_audit(report, self.audit_path.parent)
+        problem_thumbnails(report, src, self.audit_path.parent / "thumbs")
+        self.console.print(
+            f"{report['n_items']} items; findings: "
+            + (", ".join(f"{k} {v}" for k, v in report["problem_counts"].items()) or "none")
+        )
+        return {"problem_counts": report["problem_counts"], "n_items": report["n_items"]}
+
+    def _prepare(self, overrides: dict | None = None) -> dict:
+        from camscope.data.audit import load_audit
+        from camscope.data.prepare import prepare, save_prepared
+
+        drop = set(self.study.clean.drop)
+        exclude: dict[str, str] = {}
+        for p in load_audit(self.audit_path)["problems"]:
+            if p["kind"] in drop:
+                for i in p["item_ids"]:
+                    exclude.setdefault(i, f"{p['kind']} (audit): {p['detail']}")
+        ds = prepare(self.open_source(), self.prepare_config(overrides), exclude)
+        save_prepared(ds, self.prepared_path(overrides))
+        self.console.print(
+            f"{len(ds)} items prepared as {tuple(ds.images.shape)}; {len(ds.info['excluded'])} left out"
+        )
+        return {"items": len(ds), "shape": list(ds.images.shape), "excluded": len(ds.info["excluded"])}
+
+    def _split(self, exp: Experiment) -> dict:
+        from camscope.data.audit import load_audit
+        from camscope.data.prepare import load_prepared
+        from camscope.data.selection import ClassSelection
+        from camscope.data.splits import SplitConfig, make_split, write_split
+
+        sp = self.study.split
+        cfg = SplitConfig(
+            fractions=tuple(sp.fractions),
+            seed=sp.seed,
+            allow_leaks=sp.allow_leaks,
+            respect_given=sp.respect_given,
+            dedupe=self.study.clean.dedupe,
+            selection=ClassSelection(**exp.classes.model_dump()),
+        )
+        result = make_split(load_prepared(self.prepared_path()), cfg, load_audit(self.audit_path))
+        write_split(result, self.exp_dir(exp))
+        t = result.summary["totals"]
+        self.console.print(
+            f"train {t['train']}, val {t['val']}, test {t['test']}, unseen {t['unseen']}, "
+            f"dropped {t['dropped']}; "
+            f"test items with a duplicate in training: {result.summary['test_items_with_duplicate_in_train']}"
+        )
+        return {"totals": t}
+
+    def _candidate(self, exp: Experiment, name: str, overrides: dict) -> dict:
+        """Train one configuration into its own folder; reuse it when it already finished."""
+        from camscope.train.config import make_config
+        from camscope.train.run import train_from_files
+
+        d = self.exp_dir(exp) / "candidates" / name
+        prepared = self.prepared_path(overrides)
+        if not prepared.is_file():
+            self._prepare(overrides)
+        over = self.study.train_config_overrides(exp, overrides)
+        cfg = make_config(over.pop("model", "fastnet"), **over)
+        key = stage_key(
+            "candidate", cfg.model_dump(mode="json"), [str(prepared), _split_digest(self.exp_dir(exp))]
+        )
+        marker = d / "candidate.json"
+        if marker.is_file():
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            if info.get("key") == key and info.get("done"):
+                self.console.print(f"[dim]= candidate {name}: finished earlier, reused[/]")
+                return info
+        resume = (
+            marker.is_file()
+            and json.loads(marker.read_text(encoding="utf-8")).get("key") == key
+            and (d / "last.safetensors").is_file()
+        )
+        if not resume:
+            shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True, exist_ok=True)
+        for f in ("split.csv", "split.json"):
+            shutil.copyfile(self.exp_dir(exp) / f, d / f)
+        atomic_write_text(marker, json.dumps({"key": key, "done": False, "overrides": overrides}))
+        self.console.print(f"candidate [bold]{name}[/]: {cfg.model}" + (f" {overrides}" if overrides else ""))
+        res = train_from_files(prepared, d, cfg, resume=resume)
+        best = res.best or {
+            "metric": cfg.monitor,
+            "value": res.history[-1].get(cfg.monitor),
+            "epoch": len(res.history),
+        }
+        info = {
+            "key": key,
+            "done": True,
+            "name": name,
+            "overrides": overrides,
+            "model": cfg.model,
+            "run_dir": str(d),
+            "prepared": str(prepared),
+            "monitor": best["metric"],
+            "value": best["value"],
+            "best_epoch": best["epoch"],
+            "epochs_run": len(res.history),
+            "stopped_early": res.stopped_early,
+            "train_seconds": round(res.seconds, 2),
+        }
+        atomic_write_text(marker, json.dumps(info, indent=1))
+        return info
+
+    def _train(self, exp: Experiment) -> dict:
+        search = exp.search
+        if search is not None and search.method == "optuna":
+            cands = self._optuna(exp)
+        else:
+            cands = []
+            for k, over in enumerate(exp.candidates()):
+                label = ",".join(f"{a.removeprefix('prepare.')}={b}" for a, b in over.items())
+                name = f"c{k:02d}" + (f"-{safe_filename(label, keep='-_=.,', limit=40)}" if label else "")
+                cands.append(self._candidate(exp, name, over))
+        monitor = cands[0]["monitor"]
+        usable = [c for c in cands if c["value"] is not None]
+        if not usable:
+            raise CamscopeError(
+                f"experiment {exp.name}: no candidate has a validation score to choose by",
+                "give the split a validation fraction (split.fractions, e.g. [0.7, 0.15, 0.15])",
+            )
+        lower = monitor in MONITOR_LOWER_IS_BETTER
+        best = (min if lower else max)(usable, key=lambda c: c["value"])
+        sel = {
+            "experiment": exp.name,
+            "selected": best["name"],
+            "run_dir": best["run_dir"],
+            "prepared": best["prepared"],
+            "monitor": monitor,
+            "rule": f"{'lowest' if lower else 'highest'} {monitor} on the validation split; "
+            "the test split is not looked at for selection",
+            "candidates": cands,
+        }
+        atomic_write_text(self.exp_dir(exp) / "selection.json", json.dumps(sel, indent=1))
+        if len(cands) > 1:
+            self.console.print(
+                f"selected [bold]{best['name']}[/] ({monitor} {best['value']:.4f} on validation) "
+                f"of {len(cands)}"
+            )
+        return {"selected": best["name"], "candidates": len(cands), monitor: best["value"]}
+
+    def _optuna(self, exp: Experiment) -> list[dict]:
+        try:
+            import optuna
+        except ImportError:
+            raise CamscopeError(
+                f"experiment {exp.name} asks for an Optuna search but optuna is not installed",
+                "pip install optuna, or use search.method: grid",
+            ) from None
+        search = exp.search
+        assert search is not None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        lower = exp.train.get("monitor", "val_acc") in MONITOR_LOWER_IS_BETTER
+        study = optuna.create_study(
+            direction="minimize" if lower else "maximize",
+            sampler=optuna.samplers.TPESampler(seed=search.seed),
+        )
+        cands: list[dict] = []
+
+        def objective(trial):
+            over: dict[str, Any] = {}
+            for key, spec in sorted(search.params.items()):
+                if isinstance(spec, dict):
+                    lo, hi, log = spec["low"], spec["high"], bool(spec.get("log", False))
+                    if isinstance(lo, int) and isinstance(hi, int) and not log:
+                        over[key] = trial.suggest_int(key, lo, hi)
+                    else:
+                        over[key] = trial.suggest_float(key, float(lo), float(hi), log=log)
+                else:
+                    over[key] = trial.suggest_categorical(key, spec)
+            info = self._candidate(exp, f"trial{trial.number:03d}", over)
+            cands.append(info)
+            if info["value"] is None:
+                raise optuna.TrialPruned()
+            return info["value"]
+
+        study.optimize(objective, n_trials=search.trials)
+        return cands
+
+    def _eval_target(self, exp: Experiment) -> tuple[Path, Path]:
+        sel = self.selection(exp)
+        return Path(sel["run_dir"]), Path(sel["prepared"])
+
+    def _evaluate(self, exp: Experiment) -> dict:
+        from camscope.evaluate.run import evaluate_run
+
+        run, prepared = self._eval_target(exp)
+        res = evaluate_run(run, prepared, "test", exp.tta, None, self.study.device, exp.bootstrap)
+        a = res["all"]
+        self.console.print(
+            f"test accuracy {a['accuracy']:.4f} "
+            f"(95% CI {a['ci']['accuracy'][0]:.4f}-{a['ci']['accuracy'][1]:.4f})"
+            if a.get("ci")
+            else f"test accuracy {a['accuracy']:.4f}"
+        )
+        return {"accuracy": a["accuracy"], "macro_f1": a["macro"]["f1"], "n": a["n"]}
+
+    def _explain(self, exp: Experiment) -> dict:
+        from camscope.explain.gallery import cam_gallery
+
+        run, prepared = self._eval_target(exp)
+        files = []
+        for method in exp.explain.methods:
+            res = cam_gallery(
+                run, prepared, "test", method, None, exp.explain.per_class, "pred", None, self.study.device
+            )
+            files += res["files"]
+        return {"galleries": len(files)}
+
+    def _faithfulness(self, exp: Experiment) -> dict:
+        from camscope.explain.faithfulness_run import faithfulness_run
+
+        run, prepared = self._eval_target(exp)
+        res = faithfulness_run(
+            run, prepared, exp.explain.methods, exp.explain.faithfulness_images, device=self.study.device
+        )
+        return {r["method"]: round(r["insertion_auc"] - r["deletion_auc"], 4) for r in res["methods"]}
+
+    def _mask(self, exp: Experiment) -> dict:
+        from camscope.probes.mask_run import masking_probe
+
+        run, prepared = self._eval_target(exp)
+        m = exp.mask
+        res = masking_probe(
+            run,
+            prepared,
+            "test",
+            list(m.sizes),
+            tuple(m.modes),
+            m.fill,
+            m.shape,
+            None,
+            m.cam_images,
+            device=self.study.device,
+        )
+        if "verdict" in res["answer"]:
+            self.console.print(res["answer"]["verdict"])
+        return {"verdict": res["answer"].get("verdict")}
+
+    def _unseen(self, exp: Experiment) -> dict:
+        from camscope.data.prepare import load_prepared
+        from camscope.data.selection import ranked
+        from camscope.probes.unseen_run import unseen_probe
+
+        run, prepared = self._eval_target(exp)
+        classes = exp.unseen.names
+        if exp.unseen.ranks:
+            order = ranked(load_prepared(self.prepared_path()).class_counts())
+            bad = [r for r in exp.unseen.ranks if not 1 <= r <= len(order)]
+            if bad:
+                raise CamscopeError(
+                    f"unseen.ranks {bad} out of range", f"the dataset has {len(order)} classes"
+                )
+            classes = [order[r - 1] for r in exp.unseen.ranks]
+        res = unseen_probe(run, prepared, classes, device=self.study.device)
+        self.console.print(
+            f"{res['n_unseen']} images of {', '.join(res['unseen_classes'])}: labelled "
+            + ", ".join(f"{k} {v}" for k, v in res["label_distribution"].items())
+        )
+        return {
+            "n_unseen": res["n_unseen"],
+            **{f"auroc_{k}": v["auroc"] for k, v in res["separation"].items()},
+        }
+
+    def _features(self, exp: Experiment) -> dict:
+        from camscope.probes.features import features_probe
+
+        run, prepared = self._eval_target(exp)
+        res = features_probe(
+            prepared, run, None, device=self.study.device, methods=tuple(exp.features.projections)
+        )
+        return {"n": res["n"], "dim": res["dim"], **res["probes"]}
+
+    def _report(self) -> dict:
+        from camscope.report.html import write_report
+        from camscope.report.results import collect_results
+
+        results = collect_results(self.root)
+        path = write_report(results, self.root)
+        self.console.print(f"report: [bold]{path}[/]")
+        return {"report": str(path)}
+
+
+def _fingerprint(path: str | None) -> list | None:
+    """Size and modification time of a source file or folder: a changed source re-runs the audit."""
+    if not path:
+        return None
+    p = Path(path.split("!/", 1)[0])
+    if not p.exists():
+        return None
+    st = p.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _split_digest(exp_dir: Path) -> str:
+    return hashlib.sha256((exp_dir / "split.csv").read_bytes()).hexdigest()[:16]

@@ -1,0 +1,82 @@
+"""The demo study's report, opened in headless Chromium: every image loads, the console is clean."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from camscope.study.config import Study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    t0 = time.perf_counter()
+    res = Study.from_yaml(ROOT / "studies" / "demo.yaml").run(out)
+    return Path(res["root"]), time.perf_counter() - t0
+
+
+def test_demo_study_runs_every_stage_in_time(demo_run):
+    root, seconds = demo_run
+    stages = json.loads((root / "stages.json").read_text())
+    assert all(s["status"] == "done" for s in stages.values())
+    kinds = {s["kind"] for s in stages.values()}
+    assert kinds >= {
+        "audit",
+        "prepare",
+        "split",
+        "train",
+        "evaluate",
+        "explain",
+        "faithfulness",
+        "mask",
+        "unseen",
+        "features",
+        "report",
+    }
+    assert seconds < 180, f"the demo study took {seconds:.0f} s; the promise is under 3 minutes"
+    results = json.loads((root / "results.json").read_text())
+    planted = results["data"]["planted_problems"]
+    found = results["data"]["audit"]["problem_counts"]
+    for kind in ("zero_byte", "truncated", "not_an_image", "missing_side", "exact_duplicate"):
+        assert found.get(kind, 0) >= 1 and planted.get(kind, 0) >= 1, kind
+
+
+def test_demo_report_renders_in_chromium(demo_run, tmp_path):
+    pw = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is a test dependency: pip install -e '.[test]'"
+    )
+    from tests.browser import launch
+
+    root, _ = demo_run
+    errors: list[str] = []
+    with pw.sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on(
+                "console",
+                lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+            )
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:80]}"))
+            page.goto((root / "report.html").as_uri(), wait_until="load")
+            images = page.eval_on_selector_all(
+                "img", "els => els.map(e => ({ok: e.complete && e.naturalWidth > 0, alt: e.alt}))"
+            )
+            toc = page.eval_on_selector_all("nav a", "els => els.map(e => e.getAttribute('href'))")
+            missing = [h for h in toc if not page.query_selector(h)]
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(images) >= 15
+    broken = [i["alt"] for i in images if not i["ok"]]
+    assert not broken, f"images that did not load: {broken}"
+    assert not errors, errors
+    assert not missing, f"table-of-contents links without a target: {missing}"
+    assert (tmp_path / "report.png").stat().st_size > 50_000
