@@ -95,7 +95,7 @@ def test_mask_command_end_to_end(tmp_path):
     import json
 
     res = json.loads((out / "masking.json").read_text())
-    assert res["sizes"] == [0.0, 0.3, 0.6] and "relies more on the" in res["answer"]["verdict"]
+    assert res["sizes"] == [0.0, 0.3, 0.6] and "the model relies on" in res["answer"]["verdict"]
     assert {r["mode"] for r in res["cam"]} == {"centre", "outer"}
     r = runner.invoke(app, ["mask", str(run), "--data", str(prepared), "--fill", "paint"])
     assert r.exit_code == 2 and "unknown fill" in r.output
