@@ -800,6 +800,36 @@ def report(run: Annotated[Path, typer.Argument(help="study run folder or trainin
 
 
 @app.command()
+def serve(
+    run: RunArg,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="the run's prepared dataset: its test images become pickable")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    max_mb: Annotated[float, typer.Option("--max-mb", help="largest upload in MB")] = 10.0,
+    max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="largest image")] = 40.0,
+    report_path: Annotated[
+        Path | None, typer.Option("--report", help="report.html to serve at /report (default: found)")
+    ] = None,
+    device: DeviceOpt = "cpu",
+):
+    """A web page: upload an image or pick a test image, see the top-k prediction and its CAM."""
+
+    def go():
+        from camscope.serve.app import serve as run_server
+
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            err.print(f"[yellow]binding {host}: the page is reachable from other machines[/]")
+        console.print(f"camscope serving {run} at [bold]http://{host}:{port}/[/] (Ctrl-C stops)")
+        run_server(
+            run, data, host, port, device, int(max_mb * 1024 * 1024), int(max_megapixels * 1e6), report_path
+        )
+
+    _run(go)
+
+
+@app.command()
 def models():
     """List the registered models with their default CAM layer."""
     from camscope.models import registered

@@ -51,15 +51,33 @@ def collect_inputs(paths: list[str], image_cols: list[str] | None = None) -> lis
 
 
 def _prepare_one(files: list[Path], spec: dict) -> np.ndarray:
-    parts = []
+    blobs = []
     for f in files:
         try:
-            data = f.read_bytes()
+            blobs.append(f.read_bytes())
         except OSError as e:
             raise ImageProblem("missing_file", str(e)) from None
-        img = decode(data, draft=(spec["size"] * 2, spec["size"] * 2))
+    return prepare_blobs(blobs, spec)
+
+
+def prepare_blobs(blobs: list[bytes], spec: dict, max_pixels: int | None = None) -> np.ndarray:
+    """Encoded image bytes (one per side) -> the run's prepared uint8 C x H x W array."""
+    parts = []
+    for data in blobs:
+        kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+        img = decode(data, draft=(spec["size"] * 2, spec["size"] * 2), **kw)
         parts.append(_to_array(fit(img, spec["size"], spec["policy"]), spec["channels"]))
     return _combine(parts, spec.get("combine", "side_by_side"))
+
+
+def prepared_spec(meta: dict) -> dict:
+    """How the run's images were prepared (size, policy, sides, channels), from its checkpoint."""
+    spec = (meta.get("preprocess") or {}).get("prepared")
+    if not spec:
+        raise CamscopeError(
+            "the run does not record how its images were prepared", "retrain it with this version"
+        )
+    return {**spec, "channels": meta["preprocess"]["channels"]}
 
 
 def predict_paths(
@@ -74,12 +92,7 @@ def predict_paths(
     device: str = "cpu",
 ) -> dict:
     model, meta, prep = load_model(run_dir, device)
-    spec = (meta.get("preprocess") or {}).get("prepared")
-    if not spec:
-        raise CamscopeError(
-            "the run does not record how its images were prepared", "retrain it with this version"
-        )
-    spec = {**spec, "channels": meta["preprocess"]["channels"]}
+    spec = prepared_spec(meta)
     sides = int(spec.get("sides", 1))
     items = collect_inputs(paths, image_cols)
     wrong = [(name, len(files)) for name, files in items if len(files) != sides]

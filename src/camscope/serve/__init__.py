@@ -1,0 +1,1 @@
+"""The web page: upload or pick an image, see the prediction and its CAM."""
