@@ -803,7 +803,7 @@ def report(run: Annotated[Path, typer.Argument(help="study run folder or trainin
 def serve(
     run: RunArg,
     data: Annotated[
-        Path | None, typer.Option("--data", help="the run's prepared dataset: its test images become pickable")
+        Path | None, typer.Option("--data", help="the run's prepared dataset (its test images)")
     ] = None,
     host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
