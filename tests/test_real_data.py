@@ -42,3 +42,34 @@ def test_roman_coins_audit_and_prepare():
     assert report["class_counts"]["Domitian"] > report["class_counts"]["Nero"]
     ds = prepare(src, PrepareConfig(size=48))
     assert ds.images.shape[1:] == (3, 48, 96)
+
+
+@pytest.mark.slow
+def test_coins_study_end_to_end(tmp_path):
+    """studies/coins.yaml on the real coins, with short trainings: every stage, the report's answers."""
+    import json
+    from pathlib import Path
+
+    from camscope.study.config import Study
+
+    requires_shared("roman-coins.zip")
+    study_file = Path(__file__).resolve().parents[1] / "studies" / "coins.yaml"
+    short = {"experiments.ranks2-3.train.epochs": 3, "experiments.top2.train.epochs": 3}
+    res = Study.from_yaml(study_file, short).run(tmp_path / "run")
+    root = Path(res["root"])
+    stages = json.loads((root / "stages.json").read_text())
+    assert all(s["status"] == "done" for s in stages.values())
+    results = json.loads((root / "results.json").read_text())
+    exps = {e["name"]: e for e in results["experiments"]}
+    assert set(exps) == {"ranks2-3", "top2"}
+    top2 = exps["top2"]["run"]
+    assert len(top2["classes"]) == 2 and top2["unseen"]["n_unseen"] > 100
+    assert top2["masking"]["answer"]["relies_on"] in ("centre", "outer", "neither")
+    html = (root / "report.html").read_text(encoding="utf-8")
+    for q in (
+        "How well are the classes separated",
+        "Where does the model look",
+        "centre or on the rim",
+        "never saw land",
+    ):
+        assert q in html

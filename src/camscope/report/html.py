@@ -98,11 +98,16 @@ def _experiment_view(root: Path, e: dict) -> tuple[dict, list[dict]]:
     answers: list[dict] = []
     sp = e.get("split")
     if sp and "counts" in sp:
-        classes = sorted({c for counts in sp["counts"].values() for c in counts if c})
-        v["split_rows"] = [
-            [c, *(sp["counts"].get(k, {}).get(c, 0) for k in ("train", "val", "test", "unseen"))]
-            for c in classes
-        ]
+        classes = sorted({c for k in ("train", "val", "test") for c in sp["counts"].get(k, {}) if c})
+        v["split_rows"] = [[c, *(sp["counts"].get(k, {}).get(c, 0) for k in ("train", "val", "test"))] for c in classes]
+        unseen = sorted(sp["counts"].get("unseen", {}).items(), key=lambda kv: -kv[1])
+        if unseen:
+            v["unseen_line"] = (
+                f"Not trained on (kept as unseen): {len(unseen)} class(es), {sum(n for _, n in unseen)} items"
+                + (": " if len(unseen) <= 8 else "; the largest: ")
+                + ", ".join(f"{c} {n}" for c, n in unseen[:8])
+                + "."
+            )
         n_leak = sp.get("test_items_with_duplicate_in_train")
         v["leak_line"] = (
             f"Leakage check: {n_leak} test item(s) have a near-duplicate in training"
@@ -184,7 +189,7 @@ def _experiment_view(root: Path, e: dict) -> tuple[dict, list[dict]]:
             ["expected calibration error", *(f"{m['ece']:.3f}" for m in ms)],
         ]
         for k, val in (a.get("top_k_accuracy") or {}).items():
-            rows.append([f"top-{k} accuracy", _pct(val), *([""] if has_lf else [])])
+            rows.append([f"{k.replace('top', 'top-')} accuracy", _pct(val), *([""] if has_lf else [])])
         v["evaluation"] = {
             "columns": cols,
             "rows": rows,

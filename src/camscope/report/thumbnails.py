@@ -43,8 +43,8 @@ def problem_thumbnails(report: dict, source, out: str | Path, per_kind: int = 8)
     written = {}
     for kind, probs in sorted(by_kind.items()):
         tiles, caps = [], []
-        for p in probs[:per_kind]:
-            for path in (p["paths"] or [None])[:2]:
+        for p in [p for p in probs if p["paths"]][:per_kind]:  # dataset-level findings have no files
+            for path in p["paths"][:2]:
                 arr, why = _tile(source, path)
                 tiles.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
                 name = (p["item_ids"] or [path or ""])[0]
