@@ -22,6 +22,8 @@ def normalise_relpath(rel: str) -> str:
     rel = rel.replace("\\", "/").strip()
     if not rel:
         raise PathOutsideRoot("empty path")
+    if "\x00" in rel:
+        raise PathOutsideRoot(f"path {rel!r} contains a NUL byte")
     if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
         raise PathOutsideRoot(f"absolute path {rel!r}")
     clean = posixpath.normpath(rel)
@@ -81,7 +83,7 @@ class DirStore(Store):
     def exists(self, rel: str) -> bool:
         try:
             return self._full(rel).is_file()
-        except PathOutsideRoot:
+        except (PathOutsideRoot, OSError, ValueError):  # e.g. a name too long for the file system
             return False
 
     def local_path(self, rel: str) -> Path | None:

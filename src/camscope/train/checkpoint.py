@@ -136,7 +136,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
         tuple(spec["image_size"]),
         **spec.get("kwargs", {}),
     )
-    missing, unexpected = model.load_state_dict(ck.model, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(ck.model, strict=False)
+    except RuntimeError as e:  # shapes that do not match the architecture the sidecar names
+        first = str(e).split("\n\t", 1)[-1].split("\n")[0]
+        raise CamscopeError(
+            f"the weights in {path} do not fit {spec['name']}: {first}",
+            "the sidecar names another architecture than the weights were trained with",
+        ) from None
     if missing or unexpected:
         raise CamscopeError(
             f"the weights in {path} do not fit {spec['name']}: "
