@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from camscope.cli import app
@@ -131,3 +133,30 @@ def test_masked_training_augmentation_hides_the_drawn_region(tmp_path):
     )
     res = train(make_config("gray_cnn", epochs=1, batch_size=16, mask_prob=0.5), data, tmp_path / "run")
     assert len(res.history) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(8, 40),
+    w=st.integers(8, 40),
+    sides=st.sampled_from([1, 2]),
+    a=st.floats(0, 1),
+    b=st.floats(0, 1),
+    shape=st.sampled_from(["disk", "square"]),
+)
+def test_mask_geometry_properties(h, w, sides, a, b, shape):
+    g = Geometry(h, w * sides, sides=sides)
+    lo, hi = sorted((a, b))
+    for mode in ("centre", "outer"):
+        small, big = mask(g, mode, lo, shape), mask(g, mode, hi, shape)
+        assert small.shape == (h, w * sides)
+        assert set(small.unique().tolist()) <= {0.0, 1.0}
+        assert (small <= big).all()  # a larger mask hides everything a smaller one hides
+    if sides == 2 and w * 2 == g.width:
+        left, right = mask(g, "centre", hi, shape).split(w, dim=1)
+        assert torch.equal(left, right)  # each side is masked on its own centre
+    if shape == "disk":
+        # a centre disk of radius s and the outer ring of width 1 - s never overlap, and together
+        # they cover the object's disk
+        c, o = mask(g, "centre", lo), mask(g, "outer", 1 - lo)
+        assert (c * o).sum() <= 2 * sides * (h + w)  # at most the boundary pixels are shared

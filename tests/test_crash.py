@@ -1,0 +1,159 @@
+"""SIGKILL at random points: rerunning the same command finishes the work, nothing is left
+half-written, and the results equal those of a run that was never interrupted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_study import TINY
+
+CLI = [sys.executable, "-m", "camscope.cli"]
+ENV = {**os.environ, "CAMSCOPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def kill_after(args: list[str], seconds: float) -> int:
+    """Start the command, SIGKILL it after ``seconds`` (if still running); its return code."""
+    p = subprocess.Popen([*CLI, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        p.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    return p.returncode
+
+
+def no_temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*.tmp")]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def comparable(results: dict) -> dict:
+    """The numbers of a study's results that must not depend on an interruption."""
+    out = {}
+    for e in results["experiments"]:
+        run = e["run"]
+        out[e["name"]] = {
+            "selected": e["selection"]["selected"],
+            "history": [{k: r[k] for k in ("train_loss", "val_acc")} for r in run["history"]],
+            "evaluation": run["evaluation"]["all"]["accuracy"],
+            "per_class": run["evaluation"]["all"]["per_class"],
+            "masking": run["masking"]["overall"],
+            "unseen": run["unseen"]["separation"],
+            "features": run["features"]["probes"],
+        }
+    return out
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("crash")
+    raw = json.loads(json.dumps(TINY))
+    raw["experiments"][0]["train"]["epochs"] = 4
+    raw["experiments"][0]["analyses"] = ["evaluate", "explain", "mask", "unseen", "features"]
+    p = tmp / "study.yaml"
+    p.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return p
+
+
+def test_study_killed_at_random_points_resumes_to_the_same_results(study_file, tmp_path):
+    ref = tmp_path / "ref"
+    done = run_cli(["run", str(study_file), "--out", str(ref)])
+    assert done.returncode == 0, done.stderr + done.stdout
+    expected = comparable(json.loads((ref / "results.json").read_text()))
+
+    rng = random.Random(20261122)
+    out = tmp_path / "killed"
+    kills = 0
+    for _ in range(3):  # three kills at random moments, then let it finish
+        code = kill_after(["run", str(study_file), "--out", str(out)], rng.uniform(3.0, 9.0))
+        kills += code == -signal.SIGKILL
+        assert not no_temp_files(out)
+    assert kills >= 1, "the study always finished before the kill: make it longer"
+    finished = run_cli(["run", str(study_file), "--out", str(out)])
+    assert finished.returncode == 0, finished.stderr + finished.stdout
+    assert comparable(json.loads((out / "results.json").read_text())) == expected
+    stages = json.loads((out / "stages.json").read_text())
+    assert all(s["status"] == "done" for s in stages.values())
+
+
+def test_prepare_killed_leaves_nothing_half_written(tmp_path):
+    from camscope.data.messy import write_messy_coins
+
+    manifest, _ = write_messy_coins(tmp_path / "coins", n=1200, seed=1, messy=False)
+    args = [
+        "prepare",
+        str(manifest),
+        "--pattern",
+        "images/heads{row:05d}.jpg",
+        "--pattern",
+        "images/tails{row:05d}.jpg",
+        "--label-from",
+        "Obverse",
+        "--label-regex",
+        r"Coin of (\w+)",
+        "--size",
+        "32",
+        "--workers",
+        "1",
+    ]
+    out = tmp_path / "p.safetensors"
+    ref = tmp_path / "ref.safetensors"
+    t = time.perf_counter()
+    assert run_cli([*args, "--out", str(ref)]).returncode == 0
+    took = time.perf_counter() - t
+    from camscope.data.prepare import load_prepared
+
+    def same_as_ref(path: Path) -> bool:
+        a, b = load_prepared(path), load_prepared(ref)
+        return a.ids == b.ids and bool((a.images == b.images).all()) and bool((a.labels == b.labels).all())
+
+    killed = 0
+    for share in (0.5, 0.8):  # of an uninterrupted run's time (start-up included)
+        killed += kill_after([*args, "--out", str(out)], share * took) == -signal.SIGKILL
+        assert not no_temp_files(tmp_path)
+        assert not out.exists() or same_as_ref(out)  # absent or complete, never partial
+    assert killed, "prepare always finished before the kill"
+    assert run_cli([*args, "--out", str(out)]).returncode == 0
+    assert same_as_ref(out)
+
+
+def test_explain_killed_then_rerun_gives_the_same_maps(tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.helpers import cli_train, synthetic_prepared
+
+    _, prepared = synthetic_prepared(tmp_path / "p.safetensors", n=120, seed=7)
+    run = tmp_path / "run"
+    cli_train(prepared, run)
+    args = ["explain", str(run), "--data", str(prepared), "--method", "scorecam", "--per-class", "8"]
+    t = time.perf_counter()
+    ref = run_cli([*args, "--out", str(tmp_path / "ref")])
+    took = time.perf_counter() - t
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "out"
+    assert kill_after([*args, "--out", str(out)], 0.7 * took) == -signal.SIGKILL
+    assert not no_temp_files(tmp_path)
+    assert run_cli([*args, "--out", str(out)]).returncode == 0
+    a = load_file(tmp_path / "ref" / "scorecam_maps.safetensors")
+    b = load_file(out / "scorecam_maps.safetensors")
+    assert (a["rows"] == b["rows"]).all() and (a["maps"] - b["maps"]).abs().max() < 1e-6
+    names = sorted(p.name for p in (tmp_path / "ref").glob("*.png"))
+    assert names == sorted(p.name for p in out.glob("*.png"))
