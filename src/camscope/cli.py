@@ -200,7 +200,7 @@ def prepare(
     """Decode every image once into a uint8 tensor file with labels, ids and provenance."""
 
     def go():
-        from camscope.data.audit import load_audit
+        from camscope.data.audit import BAD_FILE_KINDS, load_audit
         from camscope.data.prepare import PrepareConfig, save_prepared
         from camscope.data.prepare import prepare as run_prepare
 
@@ -238,18 +238,6 @@ def prepare(
                 console.print(f"  ... and {len(ds.info['excluded']) - 10} more (see `camscope info {path}`)")
 
     _run(go)
-
-
-BAD_FILE_KINDS = {
-    "zero_byte",
-    "not_an_image",
-    "truncated",
-    "unreadable",
-    "too_large",
-    "missing_file",
-    "missing_side",
-    "path_outside_root",
-}
 
 
 @app.command()

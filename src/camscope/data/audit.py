@@ -56,6 +56,19 @@ PROBLEM_KINDS = {
 }
 
 
+# findings whose items cannot be prepared: left out by `prepare --audit` and by studies' default cleaning
+BAD_FILE_KINDS = (
+    "zero_byte",
+    "not_an_image",
+    "truncated",
+    "unreadable",
+    "too_large",
+    "missing_file",
+    "missing_side",
+    "path_outside_root",
+)
+
+
 @dataclass
 class AuditConfig:
     near_duplicates: bool = True

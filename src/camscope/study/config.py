@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from camscope.data.audit import BAD_FILE_KINDS, PROBLEM_KINDS
 from camscope.data.spec import SourceSpec
 from camscope.errors import CamscopeError
 from camscope.train.config import TrainConfig
@@ -30,18 +31,16 @@ class AuditSection(_Strict):
 
 class CleanSection(_Strict):
     # audit finding kinds whose items are left out before preparation
-    drop: list[str] = Field(
-        default_factory=lambda: [
-            "zero_byte",
-            "not_an_image",
-            "truncated",
-            "unreadable",
-            "too_large",
-            "missing_file",
-            "missing_side",
-            "path_outside_root",
-        ]
-    )
+    drop: list[str] = Field(default_factory=lambda: list(BAD_FILE_KINDS))
+
+    @field_validator("drop")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        unknown = [k for k in v if k not in PROBLEM_KINDS]
+        if unknown:
+            known = ", ".join(PROBLEM_KINDS)
+            raise ValueError(f"unknown audit finding(s) {', '.join(unknown)}; known: {known}")
+        return v
     # keep one item of each duplicate group (split time): none | exact | near
     dedupe: Literal["none", "exact", "near"] = "none"
 
