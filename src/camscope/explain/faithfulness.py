@@ -66,12 +66,14 @@ def deletion_insertion(
     dele = torch.empty(n, steps + 1, device=device)
     ins = torch.empty(n, steps + 1, device=device)
     jobs = torch.cartesian_prod(torch.arange(n, device=device), torch.arange(steps + 1, device=device))
-    with explaining(model):
+    cl = device.type == "cpu"  # channels_last convolutions are ~1.3-1.7x faster on CPUs
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    with explaining(model, cl):
         for s in range(0, len(jobs), batch):
             i, k = jobs[s : s + batch].unbind(1)
             top = rank[i] < (fractions[k] * h * w).round().view(-1, 1, 1, 1)  # pixels already moved
-            deleted = torch.where(top, torch.zeros_like(x[i]), x[i])
-            inserted = torch.where(top, x[i], blurred[i])
+            deleted = torch.where(top, torch.zeros_like(x[i]), x[i]).contiguous(memory_format=fmt)
+            inserted = torch.where(top, x[i], blurred[i]).contiguous(memory_format=fmt)
             p_del = _select(model(deleted), output).softmax(1).gather(1, t[i, None])[:, 0]
             p_ins = _select(model(inserted), output).softmax(1).gather(1, t[i, None])[:, 0]
             dele[i, k] = p_del
