@@ -1,7 +1,7 @@
 """Faithfulness numbers for a trained run: do its CAMs point at what the model uses?
 
-Deletion / insertion AUC and average drop / increase for each method, next to the same numbers for
-a random map (the floor any method must beat); where the prepared dataset carries evidence regions
+Deletion / insertion AUC and average drop / increase for each method, next to the same numbers
+for a random map as smooth as a CAM (the floor any method must beat); where the prepared dataset carries evidence regions
 (synthetic coins), the pointing-game hit rate and the share of CAM energy inside the region, next to
 what a map that ignores the image would score (the region's share of the picture).
 """
@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from camscope.data.prepare import load_prepared
 from camscope.evaluate.data import split_tensors
@@ -26,6 +27,15 @@ from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
 from camscope.train.checkpoint import load_model
 from camscope.utils import atomic_write_text, write_rows_csv
+
+
+def smooth_noise(n: int, h: int, w: int, seed: int = 0, factor: int = 8) -> torch.Tensor:
+    """Random maps as smooth as a CAM (noise at 1/``factor`` of the size, upsampled): the floor a
+    method must beat. Pixel-level noise would be an unfair floor for deletion, since scattering
+    deleted pixels over the whole image hurts a CNN faster than removing any compact region."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 1, max(2, -(-h // factor)), max(2, -(-w // factor)), generator=g)
+    return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
 
 
 def _regions(prepared, ids: list[str]) -> torch.Tensor | None:
@@ -55,8 +65,7 @@ def faithfulness_run(
     x = prep(images[sub].to(device))
     pred = predict_logits(model, images[sub], prep, batch_size=256, device=device).argmax(1)
     regions = _regions(prepared, [ids[int(i)] for i in sub])
-    g = torch.Generator().manual_seed(seed)
-    random_maps = torch.rand(len(sub), *x.shape[-2:], generator=g)
+    random_maps = smooth_noise(len(sub), *x.shape[-2:], seed=seed)
     rows = []
     with make_progress() as progress:
         task = progress.add_task("faithfulness", total=len(methods) + 1)

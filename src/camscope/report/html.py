@@ -282,8 +282,8 @@ def _experiment_view(root: Path, e: dict) -> tuple[dict, list[dict]]:
                 for r in rows_f
             ]
             ex["faith_note"] = (
-                f"On {faith['n']} test images, target: the predicted class. 'random' is a map of noise: a method is only "
-                "informative where it beats it."
+                f"On {faith['n']} test images, target: the predicted class. 'random' is smooth noise at about the CAM's resolution: a method "
+                "is only informative where it beats it."
                 + (
                     f" The evidence regions cover {_pct(faith['region_area_share'])} of the image: a map blind to the image "
                     "would put that share of its energy inside them."
