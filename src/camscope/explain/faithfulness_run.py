@@ -1,9 +1,9 @@
 """Faithfulness numbers for a trained run: do its CAMs point at what the model uses?
 
 Deletion / insertion AUC and average drop / increase for each method, next to the same numbers
-for a random map as smooth as a CAM (the floor any method must beat); where the prepared dataset carries evidence regions
-(synthetic coins), the pointing-game hit rate and the share of CAM energy inside the region, next to
-what a map that ignores the image would score (the region's share of the picture).
+for a random map as smooth as a CAM (the floor any method must beat); where the prepared dataset
+carries evidence regions (synthetic coins), the pointing-game hit rate and the share of CAM energy
+inside the region, next to what a map that ignores the image would score (the region's share).
 """
 
 from __future__ import annotations
