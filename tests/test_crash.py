@@ -89,11 +89,11 @@ def test_study_killed_at_random_points_resumes_to_the_same_results(study_file, t
     for lo, hi in ((0.3, 0.7), (0.2, 0.6), (0.2, 0.6)):
         code = kill_after(["run", str(study_file), "--out", str(out)], rng.uniform(lo, hi) * took)
         kills += code == -signal.SIGKILL
-        assert not no_temp_files(out)
     assert kills >= 1, "the study always finished before the kill: make it longer"
     finished = run_cli(["run", str(study_file), "--out", str(out)])
     assert finished.returncode == 0, finished.stderr + finished.stdout
     assert comparable(json.loads((out / "results.json").read_text())) == expected
+    assert not no_temp_files(out)
     stages = json.loads((out / "stages.json").read_text())
     assert all(s["status"] == "done" for s in stages.values())
 
@@ -132,11 +132,11 @@ def test_prepare_killed_leaves_nothing_half_written(tmp_path):
     killed = 0
     for share in (0.5, 0.8):  # of an uninterrupted run's time (start-up included)
         killed += kill_after([*args, "--out", str(out)], share * took) == -signal.SIGKILL
-        assert not no_temp_files(tmp_path)
         assert not out.exists() or same_as_ref(out)  # absent or complete, never partial
     assert killed, "prepare always finished before the kill"
     assert run_cli([*args, "--out", str(out)]).returncode == 0
     assert same_as_ref(out)
+    assert not no_temp_files(tmp_path)  # a killed write's temp file is swept by the next write
 
 
 def test_explain_killed_then_rerun_gives_the_same_maps(tmp_path):
@@ -154,10 +154,22 @@ def test_explain_killed_then_rerun_gives_the_same_maps(tmp_path):
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "out"
     assert kill_after([*args, "--out", str(out)], 0.7 * took) == -signal.SIGKILL
-    assert not no_temp_files(tmp_path)
     assert run_cli([*args, "--out", str(out)]).returncode == 0
+    assert not no_temp_files(tmp_path)
     a = load_file(tmp_path / "ref" / "scorecam_maps.safetensors")
     b = load_file(out / "scorecam_maps.safetensors")
     assert (a["rows"] == b["rows"]).all() and (a["maps"] - b["maps"]).abs().max() < 1e-6
     names = sorted(p.name for p in (tmp_path / "ref").glob("*.png"))
     assert names == sorted(p.name for p in out.glob("*.png"))
+
+
+def test_an_orphaned_temp_file_is_swept_by_the_next_write(tmp_path):
+    from camscope.utils import atomic_write_text
+
+    orphan = tmp_path / ".a.json.k1ll3d.tmp"  # what a SIGKILL during a write leaves
+    orphan.write_text("{half", encoding="utf-8")
+    other = tmp_path / ".b.json.x.tmp"  # another artifact's: not ours to touch
+    other.write_text("", encoding="utf-8")
+    atomic_write_text(tmp_path / "a.json", "{}")
+    assert not orphan.exists() and other.exists()
+    assert (tmp_path / "a.json").read_text() == "{}"

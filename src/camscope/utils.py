@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 
 # mkstemp creates files readable by the owner only; finished artifacts get the usual mode
@@ -17,6 +19,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write through a temporary file in the same folder, renamed into place when complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a write killed by SIGKILL cannot clean up after itself: its orphan goes with the next write
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

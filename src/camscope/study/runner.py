@@ -147,6 +147,9 @@ class StudyRun:
     # -- running -----------------------------------------------------------------------------
     def run(self, from_stage: str | None = None) -> dict:
         self.root.mkdir(parents=True, exist_ok=True)
+        # temp files orphaned by a run that was killed mid-write (one run owns its folder)
+        for stale in self.root.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         if self.study_text:
             atomic_write_text(self.root / "study.yaml", self.study_text)
         atomic_write_text(
