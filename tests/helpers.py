@@ -10,6 +10,18 @@ from camscope.cli import app
 
 runner = CliRunner()
 
+# how the CLI reads the synthetic coins written by camscope.data.messy
+COIN_OPTS = [
+    "--pattern",
+    "images/heads{row:05d}.jpg",
+    "--pattern",
+    "images/tails{row:05d}.jpg",
+    "--label-from",
+    "Obverse",
+    "--label-regex",
+    r"Coin of (\w+)",
+]
+
 
 def synthetic_prepared(path: Path, n: int = 60, seed: int = 0, **prepare_options):
     """(PreparedDataset, its file) of ``n`` 16-px two-sided synthetic coins."""

@@ -1,23 +1,14 @@
 from typer.testing import CliRunner
 
 from camscope.cli import app
-from tests.helpers import cli_train, synthetic_prepared
+from tests.helpers import COIN_OPTS, cli_train, synthetic_prepared
 
 runner = CliRunner()
 
 
 def test_audit_prepare_split_end_to_end(messy, tmp_path):
     manifest, _ = messy
-    opts = [
-        "--pattern",
-        "images/heads{row:05d}.jpg",
-        "--pattern",
-        "images/tails{row:05d}.jpg",
-        "--label-from",
-        "Obverse",
-        "--label-regex",
-        r"Coin of (\w+)",
-    ]
+    opts = COIN_OPTS
     r = runner.invoke(app, ["audit", str(manifest), "--out", str(tmp_path / "run"), *opts])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "audit.json").exists() and "near-duplicate groups" in r.output

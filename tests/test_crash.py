@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import COIN_OPTS
 from tests.test_study import TINY
 
 CLI = [sys.executable, "-m", "camscope.cli"]
@@ -37,8 +38,8 @@ def kill_after(args: list[str], seconds: float) -> int:
     return p.returncode
 
 
-def no_temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*.tmp")]
+def temp_files(root: Path) -> list[Path]:
+    return list(root.rglob("*.tmp"))
 
 
 def digest(path: Path) -> str:
@@ -93,7 +94,7 @@ def test_study_killed_at_random_points_resumes_to_the_same_results(study_file, t
     finished = run_cli(["run", str(study_file), "--out", str(out)])
     assert finished.returncode == 0, finished.stderr + finished.stdout
     assert comparable(json.loads((out / "results.json").read_text())) == expected
-    assert not no_temp_files(out)
+    assert not temp_files(out)
     stages = json.loads((out / "stages.json").read_text())
     assert all(s["status"] == "done" for s in stages.values())
 
@@ -105,14 +106,7 @@ def test_prepare_killed_leaves_nothing_half_written(tmp_path):
     args = [
         "prepare",
         str(manifest),
-        "--pattern",
-        "images/heads{row:05d}.jpg",
-        "--pattern",
-        "images/tails{row:05d}.jpg",
-        "--label-from",
-        "Obverse",
-        "--label-regex",
-        r"Coin of (\w+)",
+        *COIN_OPTS,
         "--size",
         "32",
         "--workers",
@@ -136,7 +130,7 @@ def test_prepare_killed_leaves_nothing_half_written(tmp_path):
     assert killed, "prepare always finished before the kill"
     assert run_cli([*args, "--out", str(out)]).returncode == 0
     assert same_as_ref(out)
-    assert not no_temp_files(tmp_path)  # a killed write's temp file is swept by the next write
+    assert not temp_files(tmp_path)  # a killed write's temp file is swept by the next write
 
 
 def test_explain_killed_then_rerun_gives_the_same_maps(tmp_path):
@@ -155,7 +149,7 @@ def test_explain_killed_then_rerun_gives_the_same_maps(tmp_path):
     out = tmp_path / "out"
     assert kill_after([*args, "--out", str(out)], 0.7 * took) == -signal.SIGKILL
     assert run_cli([*args, "--out", str(out)]).returncode == 0
-    assert not no_temp_files(tmp_path)
+    assert not temp_files(tmp_path)
     a = load_file(tmp_path / "ref" / "scorecam_maps.safetensors")
     b = load_file(out / "scorecam_maps.safetensors")
     assert (a["rows"] == b["rows"]).all() and (a["maps"] - b["maps"]).abs().max() < 1e-6

@@ -469,11 +469,8 @@ def render(results: dict, root: str | Path) -> str:
             }
             for k, n in sorted(au["problem_counts"].items(), key=lambda kv: -kv[1])
         ]
-        dv["thumbs"] = [
-            {"kind": k, "src": _img(root, rel)}
-            for k, rel in au.get("thumbnails", {}).items()
-            if _img(root, rel)
-        ]
+        thumbs = {k: _img(root, rel) for k, rel in au.get("thumbnails", {}).items()}
+        dv["thumbs"] = [{"kind": k, "src": src} for k, src in thumbs.items() if src]
     if data.get("planted_problems"):
         dv["planted"] = ", ".join(f"{k} {n}" for k, n in data["planted_problems"].items())
     pr = data.get("prepared")

@@ -129,6 +129,7 @@ def create_app(
     ex = Explainer(run, Path(prepared) if prepared else None, device, max_pixels)
     report_path = Path(report).resolve() if report else None
     if report_path is None:
+        # a training run's own report, or the study's (RUN/<experiment>/candidates/<name>/)
         for cand in (run / "report.html", run.parent.parent.parent / "report.html"):
             if cand.is_file():
                 report_path = cand
@@ -139,8 +140,12 @@ def create_app(
     async def limit_body(request: Request, call_next):
         # refuse early on the declared size; the upload reader enforces it on the real bytes too
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_bytes + 64 * 1024):
-            return JSONResponse({"detail": f"request larger than {max_bytes} bytes"}, status_code=413)
+        limit = ex.sides * max_bytes + 64 * 1024  # one file per side plus the form's overhead
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return JSONResponse(
+                {"detail": f"request larger than {limit} bytes; each file may have {max_bytes}"},
+                status_code=413,
+            )
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)

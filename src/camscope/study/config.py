@@ -41,6 +41,7 @@ class CleanSection(_Strict):
             known = ", ".join(PROBLEM_KINDS)
             raise ValueError(f"unknown audit finding(s) {', '.join(unknown)}; known: {known}")
         return v
+
     # keep one item of each duplicate group (split time): none | exact | near
     dedupe: Literal["none", "exact", "near"] = "none"
 
@@ -263,9 +264,12 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node = raw
     for part in parts[:-1]:
         if isinstance(node, list):
+            names = [e.get("name") for e in node if isinstance(e, dict)]
             node = next((e for e in node if isinstance(e, dict) and e.get("name") == part), None)
             if node is None:
-                raise CamscopeError(f"--set {key}: no experiment named {part!r}")
+                raise CamscopeError(
+                    f"--set {key}: no experiment named {part!r}", f"experiments: {', '.join(map(str, names))}"
+                )
             continue
         node = node.setdefault(part, {})
     node[parts[-1]] = value

@@ -418,7 +418,10 @@ class StudyRun:
         search = exp.search
         assert search is not None
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        lower = exp.train.get("monitor", "val_acc") in MONITOR_LOWER_IS_BETTER
+        from camscope.train.config import make_config
+
+        over = self.study.train_config_overrides(exp, {})
+        lower = make_config(over.pop("model", "fastnet"), **over).monitor in MONITOR_LOWER_IS_BETTER
         study = optuna.create_study(
             direction="minimize" if lower else "maximize",
             sampler=optuna.samplers.TPESampler(seed=search.seed),

@@ -87,6 +87,3 @@ class StageLog:
             "error": error,
         }
         self._save()
-
-    def summary(self, name: str) -> dict:
-        return self.entries.get(name, {}).get("summary", {})
