@@ -1,3 +1,5 @@
+import json
+
 from typer.testing import CliRunner
 
 from camscope.cli import app
@@ -84,15 +86,21 @@ def test_train_command_makes_a_split_and_a_run(tmp_path):
         "none",
         "--max-minutes",
         "5",
+        "--resize",
+        "0.5:16",
     ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "no split given" in r.output and (run / "split.csv").is_file()
+    assert json.loads((run / "best.json").read_text())["config"]["resize_schedule"] == [[0.5, 16]]
     assert (run / "best.safetensors").is_file() and (run / "learning_curve.png").is_file()
     r = runner.invoke(app, [*args, "--resume"])  # already finished: nothing left to do
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, [*args[:-2], "--lr", "-1"])
+    r = runner.invoke(app, [*args[:-4], "--lr", "-1"])
     assert r.exit_code == 2 and "lr" in r.output
+    for bad, says in (("0.5", "FRACTION:SIDE"), ("1.5:16", "fractions must rise"), ("0.5:2", "too small")):
+        r = runner.invoke(app, [*args[:-2], "--resize", bad])
+        assert r.exit_code == 2 and says in r.output, r.output
     r = runner.invoke(app, [*args, "--model", "nonet"])
     assert r.exit_code == 2 and "unknown model" in r.output
     r = runner.invoke(app, ["models"])

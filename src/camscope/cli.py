@@ -353,6 +353,13 @@ def train(
         str | None, typer.Option(help="none | random | alternating (none where orientation matters)")
     ] = None,
     cutout: Annotated[int | None, typer.Option(help="cutout square side in pixels (0: off)")] = None,
+    resize: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="progressive resizing FRACTION:SIDE, repeatable: 0.4:24 trains the first 40 percent of the "
+            "steps at a 24-px short side, then at full size"
+        ),
+    ] = None,
     mask_prob: Annotated[
         float | None, typer.Option(help="masked training: share of images with centre or rim hidden")
     ] = None,
@@ -403,6 +410,7 @@ def train(
         cfg = make_config(
             model,
             use_recipe=not no_recipe,
+            resize_schedule=_parse_resize(resize),
             model_args=margs or None,
             weights=weights,
             finetune=finetune,
@@ -445,6 +453,19 @@ def train(
         print_training(result)
 
     _run(go)
+
+
+def _parse_resize(items: list[str] | None) -> list[tuple[float, int]] | None:
+    out = []
+    for item in items or []:
+        try:
+            frac, side = item.split(":")
+            out.append((float(frac), int(side)))
+        except ValueError:
+            raise CamscopeError(
+                f"cannot read --resize {item!r}", "write FRACTION:SIDE, e.g. --resize 0.4:24"
+            ) from None
+    return out or None
 
 
 def print_training(result) -> None:

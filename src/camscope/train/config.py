@@ -91,6 +91,20 @@ class TrainConfig(BaseModel):
             raise ValueError("must be 1 or 3")
         return v
 
+    @field_validator("resize_schedule")
+    @classmethod
+    def _resize(cls, v):
+        if not v:
+            return None
+        last = 0.0
+        for until, side in v:
+            if not last < until <= 1:
+                raise ValueError("fractions must rise within (0, 1], e.g. [[0.4, 24]]")
+            if int(side) < 4:
+                raise ValueError(f"side {side} px is too small (4 px at least)")
+            last = until
+        return [(float(u), int(s)) for u, s in v]
+
     @field_validator("label_smoothing")
     @classmethod
     def _smoothing(cls, v):

@@ -338,7 +338,7 @@ def _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info: DistI
                 "resume with the same prepared file and split, or start a new run folder",
             )
         old = dict(ck.meta["config"])
-        new = cfg.model_dump()
+        new = cfg.model_dump(mode="json")  # tuples become lists, as in the stored JSON
         changed = [
             key
             for key in new
