@@ -214,3 +214,28 @@ def test_notebook_api(tiny_run):
     with pytest.raises(CamscopeError, match="no figure 'nope'"):
         run.figure("nope")
     assert not run.masking().empty
+
+
+def test_source_fingerprint_follows_content_not_copy_times(tmp_path):
+    import os
+    import shutil
+
+    from camscope.study.runner import _fingerprint
+
+    a = tmp_path / "a.zip"
+    a.write_bytes(b"x" * 5000)
+    b = tmp_path / "b.zip"
+    shutil.copyfile(a, b)
+    os.utime(b, (1, 1))  # a re-provisioned copy: same bytes, another modification time
+    assert _fingerprint(str(a)) == _fingerprint(f"{b}!/inner/") != _fingerprint(None)
+    b.write_bytes(b"x" * 4999 + b"y")
+    assert _fingerprint(str(b)) != _fingerprint(str(a))
+    folder = tmp_path / "imgs"
+    (folder / "cls").mkdir(parents=True)
+    (folder / "cls" / "1.png").write_bytes(b"1")
+    before = _fingerprint(str(folder))
+    (folder / "cls" / "2.png").write_bytes(b"22")  # a file added inside the folder
+    added = _fingerprint(str(folder))
+    (folder / "cls" / "1.png").write_bytes(b"11")  # a file edited inside the folder
+    assert len({before, added, _fingerprint(str(folder))}) == 3
+    assert _fingerprint(str(tmp_path / "missing")) is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 import traceback
@@ -552,15 +553,32 @@ class StudyRun:
         return {"report": str(path)}
 
 
-def _fingerprint(path: str | None) -> list | None:
-    """Size and modification time of a source file or folder: a changed source re-runs the audit."""
+def _fingerprint(path: str | None) -> str | None:
+    """What a source holds: a changed source re-runs the audit, an unchanged one does not.
+
+    A file (an archive, a CSV) is hashed by content, so a copy with a new modification time is
+    still the same source. A folder is hashed by each file's relative path, size and modification
+    time: reading every image of a large folder on each run would cost more than it saves.
+    """
     if not path:
         return None
     p = Path(path.split("!/", 1)[0])
-    if not p.exists():
-        return None
-    st = p.stat()
-    return [st.st_size, st.st_mtime_ns]
+    if p.is_file():
+        with p.open("rb") as f:
+            return "file:" + hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+    if p.is_dir():
+        h = hashlib.blake2b()
+        for root, dirs, files in os.walk(p):
+            dirs.sort()
+            for name in sorted(files):
+                fp = Path(root) / name
+                try:
+                    st = fp.stat()
+                except OSError:  # a broken link: the audit reports it
+                    continue
+                h.update(f"{fp.relative_to(p).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return "dir:" + h.hexdigest()[:32]
+    return None
 
 
 def _split_digest(exp_dir: Path) -> str:
