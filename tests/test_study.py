@@ -239,3 +239,22 @@ def test_source_fingerprint_follows_content_not_copy_times(tmp_path):
     (folder / "cls" / "1.png").write_bytes(b"11")  # a file edited inside the folder
     assert len({before, added, _fingerprint(str(folder))}) == 3
     assert _fingerprint(str(tmp_path / "missing")) is None
+
+
+def test_csv_source_fingerprint_covers_its_images_but_not_the_run(tmp_path):
+    from camscope.data.spec import SourceSpec
+    from camscope.study.runner import _source_fingerprint
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"1")
+    (tmp_path / "coins.csv").write_text("file,label\nimages/a.png,x\n")
+    spec = SourceSpec(path=str(tmp_path / "coins.csv"), image_cols=["file"], label_col="label")
+    run = tmp_path / "run"
+    before = _source_fingerprint(spec, run)
+    run.mkdir()
+    (run / "report.html").write_text("the run's own outputs")
+    assert _source_fingerprint(spec, run) == before
+    (tmp_path / "images" / "a.png").write_bytes(b"22")  # an image edited in place, CSV untouched
+    assert _source_fingerprint(spec, run) != before
+    in_zip = SourceSpec(path=f"{tmp_path / 'c.zip'}!/coins.csv", image_cols=["file"], label_col="label")
+    assert not isinstance(_source_fingerprint(in_zip), list)  # the archive's hash covers its images

@@ -75,7 +75,8 @@ class StudyRun:
     # -- the plan ----------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         s = self.study
-        src_cfg = {"source": s.source.model_dump(), "files": _fingerprint(s.source.path), "seed": s.seed}
+        files = _source_fingerprint(s.source, self.root)
+        src_cfg = {"source": s.source.model_dump(), "files": files, "seed": s.seed}
         out: list[Stage] = [
             Stage("source", "source", src_cfg, [], self._source, [self.root / "source.json"]),
             Stage("audit", "audit", s.audit.model_dump(), ["source"], self._audit, [self.audit_path]),
@@ -553,12 +554,28 @@ class StudyRun:
         return {"report": str(path)}
 
 
-def _fingerprint(path: str | None) -> str | None:
+def _source_fingerprint(spec, run_root: Path | None = None) -> str | list | None:
+    """The fingerprint of everything a source reads.
+
+    A CSV on disk names image files beside it (under ``data_root``, or the CSV's folder), so an
+    image edited in place must count as well as the CSV. A CSV inside an archive is covered by the
+    archive's hash.
+    """
+    main = _fingerprint(spec.path, skip=run_root)
+    if spec.path and "!/" not in spec.path and spec.resolved_kind() == "csv":
+        images = spec.data_root or str(Path(spec.path).parent)
+        return [main, _fingerprint(images, skip=run_root)]
+    return main
+
+
+def _fingerprint(path: str | None, skip: Path | None = None) -> str | None:
     """What a source holds: a changed source re-runs the audit, an unchanged one does not.
 
     A file (an archive, a CSV) is hashed by content, so a copy with a new modification time is
     still the same source. A folder is hashed by each file's relative path, size and modification
     time: reading every image of a large folder on each run would cost more than it saves.
+    ``skip`` (the run folder, when it lies inside the source's folder) is left out, or the run's
+    own outputs would change the source on every run.
     """
     if not path:
         return None
@@ -568,7 +585,10 @@ def _fingerprint(path: str | None) -> str | None:
             return "file:" + hashlib.file_digest(f, "blake2b").hexdigest()[:32]
     if p.is_dir():
         h = hashlib.blake2b()
+        skip = skip.resolve() if skip is not None else None
         for root, dirs, files in os.walk(p):
+            if skip is not None:
+                dirs[:] = [d for d in dirs if (Path(root) / d).resolve() != skip]
             dirs.sort()
             for name in sorted(files):
                 fp = Path(root) / name
