@@ -4,7 +4,7 @@ import numpy as np
 
 from camscope.data.audit import audit, load_audit, write_audit
 from camscope.data.messy import HEADS, LABEL_REGEX, TAILS
-from camscope.data.neardup import connected_groups, find_near_duplicates
+from camscope.data.neardup import connected_groups, find_near_duplicates, merge_groups
 from camscope.data.sources import CsvSource, FolderSource
 from camscope.data.synthetic import CoinSpec, generate
 
@@ -78,6 +78,14 @@ def test_near_duplicates_are_found_and_distinct_coins_are_not():
 
 def test_connected_groups():
     assert connected_groups(6, np.array([[0, 1], [1, 2], [4, 5]])) == [[0, 1, 2], [4, 5]]
+
+
+def test_merge_groups_joins_chains_and_drops_singletons():
+    # b~c links the first two groups; a group that collapses to one name is not a group
+    groups = [["c", "a"], ["x", "y"], ["b", "c"], ["z", "z"], []]
+    assert merge_groups(groups) == [["a", "b", "c"], ["x", "y"]]
+    assert merge_groups(reversed(groups)) == merge_groups(groups)
+    assert merge_groups([]) == []
 
 
 def _composite(rng: np.random.Generator, size: int = 192) -> np.ndarray:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from camscope import __version__
 from camscope.data.imageio import ImageProblem, open_header
-from camscope.data.neardup import THUMB, NearDupParams, connected_groups, find_near_duplicates
+from camscope.data.neardup import THUMB, NearDupParams, connected_groups, find_near_duplicates, merge_groups
 from camscope.data.parallel import parallel_map, worker_source
 from camscope.data.sources import Problem, Source
 from camscope.utils import atomic_write_text
@@ -342,24 +342,7 @@ def audit(source: Source, config: AuditConfig | None = None) -> dict:
                 )
 
     # item-level duplicate groups: what a leak-free split must keep together
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for g in [*exact, *near_groups_keys]:
-        ids = [item_id(k) for k in g]
-        for other in ids[1:]:
-            a, b = find(ids[0]), find(other)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    comp: dict[str, list[str]] = defaultdict(list)
-    for x in list(parent):
-        comp[find(x)].append(x)
-    item_groups = sorted((sorted(g) for g in comp.values() if len(g) > 1), key=lambda g: g[0])
+    item_groups = merge_groups([item_id(k) for k in g] for g in [*exact, *near_groups_keys])
 
     counts = Counter(p.kind for p in problems)
     return {

@@ -17,6 +17,7 @@ Flat images (almost no contrast) carry no evidence of identity and are left to e
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -317,3 +318,15 @@ def connected_groups(n: int, pairs: np.ndarray) -> list[list[int]]:
     for i in range(n):
         groups.setdefault(find(i), []).append(i)
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def merge_groups(groups: Iterable[Iterable[str]]) -> list[list[str]]:
+    """Groups of names that share a member become one; each sorted, singletons dropped."""
+    index: dict[str, int] = {}
+    pairs = []
+    for g in groups:
+        ids = [index.setdefault(x, len(index)) for x in g]
+        pairs += [(ids[0], other) for other in ids[1:]]
+    names = list(index)
+    merged = connected_groups(len(names), np.array(pairs, dtype=np.int64).reshape(-1, 2))
+    return sorted((sorted(names[i] for i in g) for g in merged), key=lambda g: g[0])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from camscope.data.neardup import merge_groups
 from camscope.data.prepare import PreparedDataset
 from camscope.data.selection import ClassSelection, select_classes
 from camscope.errors import CamscopeError
@@ -67,24 +68,7 @@ def _item_groups(ds: PreparedDataset, path_groups: list[list[str]]) -> list[list
         for k in keys:
             if k is not None:
                 owner[k] = item_id
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for g in path_groups:
-        ids = sorted({owner[p] for p in g if p in owner})
-        for other in ids[1:]:
-            a, b = find(ids[0]), find(other)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    comp: dict[str, list[str]] = defaultdict(list)
-    for x in list(parent):
-        comp[find(x)].append(x)
-    return sorted((sorted(g) for g in comp.values() if len(g) > 1), key=lambda g: g[0])
+    return merge_groups({owner[p] for p in g if p in owner} for g in path_groups)
 
 
 def _stable_int(text: str) -> int:
