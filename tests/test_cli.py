@@ -126,3 +126,25 @@ def test_explain_command_writes_galleries(tmp_path):
         assert list((run / "explain").glob(f"{m}_*.png"))
     r = runner.invoke(app, ["explain", str(run), "--data", str(other)])
     assert r.exit_code == 2 and "not the prepared dataset" in r.output
+
+
+def test_run_commands_find_the_prepared_dataset_the_run_records(tmp_path):
+    import shutil
+
+    _, prepared = synthetic_prepared(tmp_path / "p.safetensors", seed=4)
+    run = tmp_path / "run"
+    cli_train(prepared, run, "gray_cnn")
+    r = runner.invoke(app, ["explain", str(run), "--per-class", "1"])  # no --data
+    assert r.exit_code == 0, r.output
+    moved = tmp_path / "moved"  # the project moved as a whole: found from the run folder
+    moved.mkdir()
+    shutil.move(run, moved / "run")
+    for f in tmp_path.glob("p.*"):
+        shutil.move(f, moved / f.name)
+    r = runner.invoke(app, ["evaluate", str(moved / "run"), "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    (moved / prepared.name).unlink()
+    r = runner.invoke(app, ["mask", str(moved / "run")])
+    assert r.exit_code == 2 and "no longer there" in r.output and "--data" in r.output
+    r = runner.invoke(app, ["features", "--backbone", "resnet18"])
+    assert r.exit_code == 2 and "pass --data" in r.output

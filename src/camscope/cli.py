@@ -51,7 +51,10 @@ Delimiter = Annotated[str | None, typer.Option("--delimiter", help="CSV delimite
 Download = Annotated[bool, typer.Option("--download", help="download CIFAR-10 when it is not cached")]
 Workers = Annotated[int, typer.Option("--workers", help="processes (0: one per core)")]
 RunArg = Annotated[Path, typer.Argument(help="run folder (or checkpoint) from camscope train")]
-DataOpt = Annotated[Path, typer.Option("--data", help="the prepared dataset the run was trained on")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", help="the prepared dataset the run was trained on (default: the one it records)"),
+]
 DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda")]
 
 
@@ -487,10 +490,17 @@ def print_training(result) -> None:
     )
 
 
+def prepared_for_run(run: Path, data: Path | None, required: bool = True) -> Path | None:
+    # imported here: torch loads only for the commands that need it
+    from camscope.evaluate.data import prepared_for_run as find
+
+    return find(run, data, required)
+
+
 @app.command()
 def evaluate(
     run: RunArg,
-    data: DataOpt,
+    data: DataOpt = None,
     split_name: Annotated[str, typer.Option("--split", help="which split to evaluate")] = "test",
     tta: Annotated[str | None, typer.Option(help="none | flip | flip_translate (default: the run's)")] = None,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals (0: off)")] = 1000,
@@ -502,7 +512,7 @@ def evaluate(
     def go():
         from camscope.evaluate.run import evaluate_run
 
-        res = evaluate_run(run, data, split_name, tta, out, device, bootstrap)
+        res = evaluate_run(run, prepared_for_run(run, data), split_name, tta, out, device, bootstrap)
         print_evaluation(res)
         console.print(f"written to [bold]{out or Path(run) / 'eval'}[/]")
 
@@ -595,7 +605,7 @@ def predict(
 @app.command()
 def explain(
     run: RunArg,
-    data: DataOpt,
+    data: DataOpt = None,
     split_name: Annotated[str, typer.Option("--split", help="which split to explain")] = "test",
     method: Annotated[
         str,
@@ -618,7 +628,8 @@ def explain(
             raise CamscopeError(
                 f"--target {target!r} is not pred or true", "use --target pred or --target true"
             )
-        res = cam_gallery(run, data, split_name, method, layer or None, per_class, target, out, device)
+        prepared = prepared_for_run(run, data)
+        res = cam_gallery(run, prepared, split_name, method, layer or None, per_class, target, out, device)
         console.print(
             f"{res['n']} {split_name} images explained; "
             f"{len(res['files'])} galleries in [bold]{res['out']}[/]"
@@ -630,7 +641,7 @@ def explain(
 @app.command()
 def mask(
     run: RunArg,
-    data: DataOpt,
+    data: DataOpt = None,
     split_name: Annotated[str, typer.Option("--split", help="which split to probe")] = "test",
     sizes: Annotated[
         str, typer.Option(help="fractions of the object's radius: start:stop:step or a list")
@@ -651,8 +662,9 @@ def mask(
         from camscope.probes.masking import parse_sizes
 
         modes = tuple(m.strip() for m in mode.split(",") if m.strip())
+        prepared = prepared_for_run(run, data)
         res = masking_probe(
-            run, data, split_name, parse_sizes(sizes), modes, fill, shape, out, cam_images, device=device
+            run, prepared, split_name, parse_sizes(sizes), modes, fill, shape, out, cam_images, device=device
         )
         t = Table(title=f"masking ({fill} fill, {shape})")
         t.add_column("size", justify="right")
@@ -679,7 +691,7 @@ def mask(
 @app.command()
 def unseen(
     run: RunArg,
-    data: DataOpt,
+    data: DataOpt = None,
     classes: Annotated[
         str | None, typer.Option(help="comma-separated classes the model never saw (default: all of them)")
     ] = None,
@@ -693,8 +705,9 @@ def unseen(
     def go():
         from camscope.probes.unseen_run import unseen_probe
 
+        prepared = prepared_for_run(run, data)
         res = unseen_probe(
-            run, data, [c.strip() for c in classes.split(",")] if classes else None, out, device
+            run, prepared, [c.strip() for c in classes.split(",")] if classes else None, out, device
         )
         console.print(
             f"{res['n_unseen']} images of {', '.join(res['unseen_classes'])} against "
@@ -720,7 +733,9 @@ def unseen(
 
 @app.command()
 def features(
-    data: Annotated[Path, typer.Option("--data", help="prepared dataset")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="prepared dataset (default: the one the run records)")
+    ] = None,
     run: Annotated[
         Path | None, typer.Argument(help="run folder from camscope train (or use --backbone)")
     ] = None,
@@ -737,8 +752,10 @@ def features(
     def go():
         from camscope.probes.features import features_probe
 
+        if run is None and data is None:
+            raise CamscopeError("features of a --backbone need a dataset", "pass --data PREPARED")
         res = features_probe(
-            data,
+            prepared_for_run(run, data) if run is not None else data,
             run,
             out,
             backbone,
@@ -831,8 +848,9 @@ def serve(
         if host not in ("127.0.0.1", "localhost", "::1"):
             err.print(f"[yellow]binding {host}: the page is reachable from other machines[/]")
         console.print(f"camscope serving {run} at [bold]http://{host}:{port}/[/] (Ctrl-C stops)")
+        prepared = prepared_for_run(run, data, required=False)
         run_server(
-            run, data, host, port, device, int(max_mb * 1024 * 1024), int(max_megapixels * 1e6), report_path
+            run, prepared, host, port, device, int(max_mb * 2**20), int(max_megapixels * 1e6), report_path
         )
 
     _run(go)

@@ -8,6 +8,7 @@ does, and the processes of a distributed run agree on the global batch without t
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class TrainData:
     val_ids: list[str]
     dataset_hash: str
     prepare_info: dict = field(default_factory=dict)
+    # where the prepared file lies, so later commands can find it without --data
+    dataset_path: str | None = None
 
 
 def to_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor:
@@ -105,6 +108,19 @@ def select_data(ds: PreparedDataset, split: dict[str, str], channels: int | None
         dataset_hash(ds),
         {k: v for k, v in ds.info.items() if k in ("preprocessing", "source", "schema")},
     )
+
+
+def _dataset_file(path: str | None, run_dir: str | Path) -> dict | None:
+    """The prepared file's absolute path, and its path from the run folder (found again after
+    both are moved together)."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        rel = os.path.relpath(p, Path(run_dir).resolve())
+    except ValueError:  # another drive on Windows
+        rel = None
+    return {"path": str(p), "from_run": rel}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -315,6 +331,7 @@ def _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info: DistI
             "prepared": data.prepare_info.get("preprocessing"),
         },
         "dataset_hash": data.dataset_hash,
+        "dataset_file": _dataset_file(data.dataset_path, run),
         "config": cfg.model_dump(),
         "n_train": n,
         "n_val": len(data.val_y),
