@@ -243,7 +243,7 @@ def test_source_fingerprint_follows_content_not_copy_times(tmp_path):
 
 def test_csv_source_fingerprint_covers_its_images_but_not_the_run(tmp_path):
     from camscope.data.spec import SourceSpec
-    from camscope.study.runner import _source_fingerprint
+    from camscope.study.runner import _fingerprint, _source_fingerprint
 
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "a.png").write_bytes(b"1")
@@ -256,5 +256,7 @@ def test_csv_source_fingerprint_covers_its_images_but_not_the_run(tmp_path):
     assert _source_fingerprint(spec, run) == before
     (tmp_path / "images" / "a.png").write_bytes(b"22")  # an image edited in place, CSV untouched
     assert _source_fingerprint(spec, run) != before
-    in_zip = SourceSpec(path=f"{tmp_path / 'c.zip'}!/coins.csv", image_cols=["file"], label_col="label")
-    assert not isinstance(_source_fingerprint(in_zip), list)  # the archive's hash covers its images
+    archive = tmp_path / "c.zip"
+    archive.write_bytes(b"an archive")
+    in_zip = SourceSpec(path=f"{archive}!/coins.csv", image_cols=["file"], label_col="label")
+    assert _source_fingerprint(in_zip) == _fingerprint(str(archive))  # the archive covers its images

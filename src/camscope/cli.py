@@ -490,11 +490,11 @@ def print_training(result) -> None:
     )
 
 
-def prepared_for_run(run: Path, data: Path | None, required: bool = True) -> Path | None:
+def prepared_for_run(run: Path, data: Path | None) -> Path:
     # imported here: torch loads only for the commands that need it
     from camscope.evaluate.data import prepared_for_run as find
 
-    return find(run, data, required)
+    return find(run, data)
 
 
 @app.command()
@@ -848,7 +848,11 @@ def serve(
         if host not in ("127.0.0.1", "localhost", "::1"):
             err.print(f"[yellow]binding {host}: the page is reachable from other machines[/]")
         console.print(f"camscope serving {run} at [bold]http://{host}:{port}/[/] (Ctrl-C stops)")
-        prepared = prepared_for_run(run, data, required=False)
+        try:
+            prepared = prepared_for_run(run, data)
+        except CamscopeError as e:  # the page works without test images; say why there are none
+            err.print(f"[yellow]no test images to pick: {e}[/]")
+            prepared = None
         run_server(
             run, prepared, host, port, device, int(max_mb * 2**20), int(max_megapixels * 1e6), report_path
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import torch
@@ -11,10 +10,11 @@ import torch
 from camscope.data.prepare import dataset_hash, load_prepared
 from camscope.data.splits import load_split
 from camscope.errors import CamscopeError
+from camscope.train.checkpoint import checkpoint_file, read_meta
 from camscope.train.trainer import to_channels
 
 
-def prepared_for_run(run: str | Path, data: str | Path | None, required: bool = True) -> Path | None:
+def prepared_for_run(run: str | Path, data: str | Path | None) -> Path:
     """The prepared dataset for a run: ``data`` when given, else the file its checkpoint records.
 
     The recorded absolute path is tried first, then the path from the run folder (a project moved
@@ -22,30 +22,17 @@ def prepared_for_run(run: str | Path, data: str | Path | None, required: bool = 
     """
     if data is not None:
         return Path(data)
-    run = Path(run)
-    sidecars = (
-        [run.with_suffix(".json")] if run.suffix == ".safetensors" else [run / "best.json", run / "last.json"]
-    )
-    side = next((p for p in sidecars if p.is_file()), None)
-    if side is None:
-        if not required:
-            return None
-        raise CamscopeError(f"no checkpoint in {run}", "give a run folder from camscope train")
-    try:
-        recorded = json.loads(side.read_text(encoding="utf-8")).get("dataset_file") or {}
-    except (OSError, ValueError):
-        recorded = {}
+    ck = checkpoint_file(run)
+    recorded = read_meta(ck).get("dataset_file") or {}
     candidates = [Path(recorded["path"])] if recorded.get("path") else []
     if recorded.get("from_run"):
-        candidates.append(side.parent / recorded["from_run"])
+        candidates.append(ck.parent / recorded["from_run"])
     for c in candidates:
         if c.is_file():
             return c
-    if not required:
-        return None
     if not candidates:
         raise CamscopeError(
-            f"{side} does not record its prepared dataset (trained before camscope recorded it)",
+            f"{ck} does not record its prepared dataset (trained before camscope recorded it)",
             "pass --data PREPARED, the file the run was trained on",
         )
     raise CamscopeError(

@@ -87,27 +87,40 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint file, or ``best``/``last`` from a run folder (best first)."""
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file, or ``best``/``last`` from a run folder (best first)."""
     p = Path(path)
     if p.is_dir():
         for tag in ("best", "last"):
             if (p / f"{tag}.safetensors").is_file():
-                p = p / f"{tag}.safetensors"
-                break
-        else:
-            raise CamscopeError(f"no checkpoint in {p}", "train a model there first with `camscope train`")
+                return p / f"{tag}.safetensors"
+        raise CamscopeError(f"no checkpoint in {p}", "train a model there first with `camscope train`")
     if not p.is_file():
         raise CamscopeError(f"checkpoint {p} not found", "give a run folder or its best/last.safetensors")
+    return p
+
+
+def _read(p: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         with safe_open(str(p), framework="pt") as f:
             header = (f.metadata() or {}).get("camscope")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+            # safe_open has no items()
+            data = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
     except (SafetensorError, OSError) as e:
         raise CamscopeError(f"{p} is not a readable checkpoint: {e}", "re-run or resume the training") from e
     if not header:
         raise CamscopeError(f"{p} has no camscope metadata", "it was not written by camscope train")
-    meta = json.loads(header)
+    return json.loads(header), data
+
+
+def read_meta(path: str | Path) -> dict:
+    """The description stored in a checkpoint's header, without reading its tensors."""
+    return _read(checkpoint_file(path), tensors=False)[0]
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint file, or ``best``/``last`` from a run folder (best first)."""
+    meta, tensors = _read(checkpoint_file(path), tensors=True)
     parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "lookahead": {}}
     for k, v in tensors.items():
         kind, _, rest = k.partition(".")

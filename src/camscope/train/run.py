@@ -32,5 +32,5 @@ def train_from_files(
             )
     split = load_split(split_path or run)
     data = select_data(ds, split, cfg.channels)
-    data.dataset_path = str(Path(prepared).resolve())
+    data.dataset_path = str(prepared)  # made absolute in the checkpoint
     return train(cfg, data, run, resume=resume)
