@@ -158,12 +158,17 @@ def test_explain_killed_then_rerun_gives_the_same_maps(tmp_path):
 
 
 def test_an_orphaned_temp_file_is_swept_by_the_next_write(tmp_path):
-    from camscope.utils import atomic_write_text
+    from camscope.utils import _HOST, atomic_write_text
 
-    orphan = tmp_path / ".a.json.k1ll3d.tmp"  # what a SIGKILL during a write leaves
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    # what a SIGKILL during a write leaves: the writer's host and (now dead) process in the name
+    orphan = tmp_path / f".a.json.camscope-{_HOST}-{gone.pid}-k1ll3d.tmp"
     orphan.write_text("{half", encoding="utf-8")
-    other = tmp_path / ".b.json.x.tmp"  # another artifact's: not ours to touch
+    other = tmp_path / f".b.json.camscope-{_HOST}-{gone.pid}-x.tmp"  # another artifact's: not this write's
     other.write_text("", encoding="utf-8")
+    users = tmp_path / ".a.json.k1ll3d.tmp"  # not camscope's naming: never touched
+    users.write_text("", encoding="utf-8")
     atomic_write_text(tmp_path / "a.json", "{}")
-    assert not orphan.exists() and other.exists()
+    assert not orphan.exists() and other.exists() and users.exists()
     assert (tmp_path / "a.json").read_text() == "{}"

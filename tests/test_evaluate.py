@@ -131,7 +131,7 @@ def test_predict_command_on_new_files(tmp_path):
     )
     assert r.exit_code == 0, r.output
     lines = out.read_text().splitlines()
-    assert lines[0] == "path,label_1,confidence_1,label_2,confidence_2" and len(lines) == 4
+    assert lines[0] == "path,label_1,confidence_1,label_2,confidence_2,cam_file" and len(lines) == 4
     assert "skipped broken_h.png" in r.output and len(list((tmp_path / "cams").glob("*.png"))) == 3
     r = runner.invoke(app, ["predict", str(run), str(folder / "h0.png"), "--out", str(out)])
     assert r.exit_code == 2 and "2-sided" in r.output

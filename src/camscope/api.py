@@ -153,7 +153,7 @@ class RunResults:
         run = self._run(experiment)
         out = {k: self.root / v for k, v in run.get("figures", {}).items()}
         for g in run.get("galleries", []):
-            out[Path(g).stem] = self.root / g
+            out[Path(g["file"]).stem] = self.root / g["file"]
         return out
 
     def figure(self, name: str, experiment: str | None = None):

@@ -19,7 +19,7 @@ from camscope.errors import CamscopeError
 from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
 from camscope.train.checkpoint import load_model
-from camscope.utils import safe_filename, write_rows_csv
+from camscope.utils import unique_stems, write_rows_csv
 
 
 def collect_inputs(paths: list[str], image_cols: list[str] | None = None) -> list[tuple[str, list[Path]]]:
@@ -105,6 +105,9 @@ def predict_paths(
     k = min(top_k, len(classes))
     rows, problems = [], []
     tta = meta["preprocess"].get("tta") or "none"
+    cam_out = Path(cam_dir or Path(out_csv).parent / "cams")
+    # x/img.jpg and y/img.jpg must not write one img_gradcam.png
+    stems = unique_stems([n for n, _ in items], "-_.", 120, lambda n: Path(n.split(" | ")[0]).stem)
     with make_progress() as progress:
         task = progress.add_task("predicting", total=len(items))
         for s in range(0, len(items), batch):
@@ -124,6 +127,8 @@ def predict_paths(
                     for j in range(k):
                         row[f"label_{j + 1}"] = classes[int(idx[i, j])]
                         row[f"confidence_{j + 1}"] = f"{float(conf[i, j]):.6f}"
+                    if cam:
+                        row["cam_file"] = str(cam_out / f"{stems[name]}_{cam}.png")
                     rows.append(row)
                 if cam:
                     _save_cams(
@@ -131,29 +136,25 @@ def predict_paths(
                         x,
                         prep,
                         idx[:, 0],
-                        chunk,
+                        [Path(r["cam_file"]) for r in rows[-len(chunk) :]],
                         cam,
-                        Path(cam_dir or Path(out_csv).parent / "cams"),
                         classes,
                         conf[:, 0],
                     )
             progress.advance(task, len(items[s : s + batch]))
     fields = ["path"] + [f for j in range(k) for f in (f"label_{j + 1}", f"confidence_{j + 1}")]
+    fields += ["cam_file"] if cam else []
     write_rows_csv(out_csv, rows, fields)
     return {"predicted": len(rows), "skipped": problems, "out": str(out_csv)}
 
 
-def _save_cams(model, x, prep, targets, names, method, out: Path, classes, conf) -> None:
+def _save_cams(model, x, prep, targets, files: list[Path], method, classes, conf) -> None:
     from camscope.explain.engine import explain
     from camscope.explain.overlay import overlay
     from camscope.figures import grid, save_png
 
     maps = explain(model, prep(x), method, targets=targets).first().cpu()
     tiles = overlay(x, maps)
-    for i, name in enumerate(names):
-        stem = safe_filename(Path(name.split(" | ")[0]).stem, keep="-_.", limit=120)
+    for i, path in enumerate(files):
         cap = [f"{classes[int(targets[i])]} {float(conf[i]):.2f}"]
-        save_png(
-            grid(tiles[i : i + 1], cap, cols=1, scale=max(1, 128 // x.shape[-2])),
-            out / f"{stem}_{method}.png",
-        )
+        save_png(grid(tiles[i : i + 1], cap, cols=1, scale=max(1, 128 // x.shape[-2])), path)

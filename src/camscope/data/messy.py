@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -62,8 +63,13 @@ def write_messy_coins(
     seed: int = 0,
     messy: bool = True,
     class_weights: list[float] | None = None,
+    remove_stale: bool = False,
 ) -> tuple[Path, dict[str, list[str]]]:
-    """Write the coins; return the manifest path and, per planted problem kind, the affected row ids."""
+    """Write the coins; return the manifest path and, per planted problem kind, the affected row ids.
+
+    ``remove_stale`` (a study rewriting its own source folder) removes the images of an earlier
+    write that this one does not make, by their exact names: a planted missing file must be missing.
+    """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     if messy and class_weights is None:
@@ -170,6 +176,10 @@ def write_messy_coins(
 
     for rel, data in files.items():
         (out / rel).write_bytes(data)
+    if remove_stale:
+        for f in (out / "images").iterdir():
+            if re.fullmatch(r"(heads|tails)\d{5}\.jpg", f.name) and f"images/{f.name}" not in files:
+                f.unlink()
     manifest = out / "coins.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["Date", "Denomination", "Obverse", "Reverse"])

@@ -17,7 +17,7 @@ from camscope.figures import grid, save_png
 from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
 from camscope.train.checkpoint import load_model
-from camscope.utils import atomic_write_bytes, safe_filename
+from camscope.utils import atomic_write_bytes, atomic_write_text, unique_stems
 
 
 def saliency_maps(model, x, method: str, targets, layers=None) -> torch.Tensor:
@@ -84,7 +84,8 @@ def cam_gallery(
             progress.advance(task, len(part))
     maps_t = torch.cat(maps)
     tiles = overlay(images[sel], maps_t)
-    written = []
+    stems = unique_stems(classes)  # class names may hold '/', spaces or differ only in case
+    written, index = [], []
     for c, name in enumerate(classes):
         for group in ("correct", "wrong"):
             k = [i for i, (_, g, cc) in enumerate(chosen) if g == group and cc == c]
@@ -97,7 +98,10 @@ def cam_gallery(
             ]
             scale = max(1, 96 // tiles.shape[-2])
             img = grid(tiles[k], caps, cols=per_class, scale=scale)
-            written.append(save_png(img, out / f"{method}_{safe_filename(name)}_{group}.png"))
+            path = save_png(img, out / f"{method}_{stems[name]}_{group}.png")
+            written.append(path)
+            index.append({"file": path.name, "method": method, "class": name, "group": group, "n": len(k)})
+    _update_index(out / "galleries.json", method, index)
     atomic_write_bytes(
         out / f"{method}_maps.safetensors",
         save(
@@ -106,3 +110,15 @@ def cam_gallery(
         ),
     )
     return {"files": [str(p) for p in written], "n": len(sel), "out": str(out), "split": split}
+
+
+def _update_index(path: Path, method: str, entries: list[dict]) -> None:
+    """galleries.json lists each gallery with its class and group, so nobody parses file names;
+    galleries of other methods written earlier into the same folder stay listed."""
+    kept = []
+    if path.is_file():
+        try:
+            kept = [e for e in json.loads(path.read_text(encoding="utf-8")) if e.get("method") != method]
+        except (ValueError, AttributeError):
+            kept = []
+    atomic_write_text(path, json.dumps(kept + entries, indent=1, ensure_ascii=False))

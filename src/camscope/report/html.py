@@ -248,12 +248,10 @@ def _experiment_view(root: Path, e: dict) -> tuple[dict, list[dict]]:
     if galleries or faith:
         ex: dict = {"figures": []}
         for g in galleries:
-            stem = Path(g).stem
-            method, rest = stem.split("_", 1)
-            cls, group = rest.rsplit("_", 1)
+            method, cls, group = g["method"], g["class"], g["group"]
             f = _fig(
                 root,
-                g,
+                g["file"],
                 f"{method}: class {cls}, {'correct' if group == 'correct' else 'wrong'} predictions, most confident first "
                 "(heat map: where the evidence for the predicted class lies).",
                 f"{method} {cls} {group}",

@@ -64,6 +64,26 @@ def _figure_list(root: Path, folder: Path, names: list[str] | None = None) -> li
     return [str(p.relative_to(root)) for p in files if p.is_file()]
 
 
+def _galleries(root: Path, folder: Path) -> list[dict]:
+    """The CAM galleries of a run, each with its method, class and group (correct or wrong)."""
+    index = _json(folder / "galleries.json")
+    if isinstance(index, list):
+        return [
+            {**{k: e[k] for k in ("method", "class", "group")}, "file": _rel(root, folder / e["file"])}
+            for e in index
+            if isinstance(e, dict)
+            and Path(str(e.get("file"))).name == e.get("file")  # a plain name inside the folder
+            and (folder / e["file"]).is_file()
+        ]
+    out = []  # a run explained before galleries.json existed: read its file names
+    for rel in _figure_list(root, folder):
+        method, _, rest = Path(rel).stem.partition("_")
+        cls, _, group = rest.rpartition("_")
+        if group in ("correct", "wrong"):
+            out.append({"method": method, "class": cls, "group": group, "file": rel})
+    return out
+
+
 def _run_section(root: Path, run: Path) -> dict:
     """Training, evaluation, explanations and probes of one trained run folder."""
     ck = _json(run / "best.json") or _json(run / "last.json") or {}
@@ -92,7 +112,7 @@ def _run_section(root: Path, run: Path) -> dict:
                 "misclassified": _rel(root, run / "eval" / "misclassified.png"),
             }
         )
-    galleries = [p for p in _figure_list(root, run / "explain") if p.endswith(("_correct.png", "_wrong.png"))]
+    galleries = _galleries(root, run / "explain")
     if galleries:
         out["galleries"] = galleries
     faith = _json(run / "explain" / "faithfulness.json")

@@ -26,9 +26,10 @@ from rich.console import Console
 
 from camscope.data.prepare import PrepareConfig
 from camscope.errors import CamscopeError
+from camscope.folders import claim, owned, run_folder
 from camscope.study.config import Experiment, Study
 from camscope.study.stages import Stage, StageLog, stage_key
-from camscope.utils import atomic_write_text, safe_filename
+from camscope.utils import atomic_write_text, safe_filename, sweep_orphan_temps
 
 MONITOR_LOWER_IS_BETTER = {"val_loss"}
 
@@ -148,10 +149,14 @@ class StudyRun:
 
     # -- running -----------------------------------------------------------------------------
     def run(self, from_stage: str | None = None) -> dict:
-        self.root.mkdir(parents=True, exist_ok=True)
-        # temp files orphaned by a run that was killed mid-write (one run owns its folder)
-        for stale in self.root.rglob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        # refuses a folder holding files camscope did not write; one process at a time writes it
+        with run_folder(self.root, "study"):
+            self.log = StageLog(self.root)  # read under the lock: another run may have just finished
+            return self._run(from_stage)
+
+    def _run(self, from_stage: str | None) -> dict:
+        # temp files of a run killed mid-write: only camscope's own, of processes that are gone
+        sweep_orphan_temps(self.root)
         if self.study_text:
             atomic_write_text(self.root / "study.yaml", self.study_text)
         atomic_write_text(
@@ -246,8 +251,9 @@ class StudyRun:
                 )
             from camscope.data.messy import write_messy_coins
 
-            shutil.rmtree(self.root / "source", ignore_errors=True)
-            _, planted = write_messy_coins(self.root / "source", n=s.n, size=s.size, seed=s.seed)
+            _, planted = write_messy_coins(
+                self.root / "source", n=s.n, size=s.size, seed=s.seed, remove_stale=True
+            )
             info = {"kind": "synthetic coins on disk, with planted problems", "planted": planted}
         else:
             info = {"kind": s.resolved_kind()}
@@ -341,9 +347,14 @@ class StudyRun:
             and json.loads(marker.read_text(encoding="utf-8")).get("key") == key
             and (d / "last.safetensors").is_file()
         )
-        if not resume:
-            shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True, exist_ok=True)
+        if not resume and d.exists():
+            if not owned(d):
+                raise CamscopeError(
+                    f"{d} holds files camscope did not write; the candidate cannot start over there",
+                    "move them out of the study's folder",
+                )
+            shutil.rmtree(d)
+        claim(d, "train")
         for f in ("split.csv", "split.json"):
             shutil.copyfile(self.exp_dir(exp) / f, d / f)
         atomic_write_text(marker, json.dumps({"key": key, "done": False, "overrides": overrides}))

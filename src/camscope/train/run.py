@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from camscope.data.prepare import load_prepared
 from camscope.data.splits import SplitConfig, load_split, make_split, write_split
+from camscope.folders import run_folder
 from camscope.train.config import TrainConfig
+from camscope.train.distributed import is_main_process
 from camscope.train.trainer import TrainResult, select_data, train
 
 
@@ -22,15 +25,22 @@ def train_from_files(
     made with default fractions when it does not exist; ``notes`` collects what was assumed)."""
     run = Path(run_dir)
     ds = load_prepared(prepared)
+    with run_folder(run, "train") if is_main_process() else contextlib.nullcontext():
+        return _train_from(ds, prepared, run, cfg, split_path, resume, notes)
+
+
+def _train_from(ds, prepared, run: Path, cfg, split_path, resume, notes) -> TrainResult:
+    split = None
     if split_path is None and not (run / "split.csv").is_file():
         result = make_split(ds, SplitConfig(seed=cfg.seed))
-        write_split(result, run)
+        split = {r["id"]: r["split"] for r in result.rows}  # the same on every process
+        if is_main_process():
+            write_split(result, run)
         if notes is not None:
             notes.append(
                 f"no split given: made one with default fractions 0.7/0.15/0.15 and seed {cfg.seed} in "
                 f"{run / 'split.csv'} (without an audit, near-duplicates were not kept together)"
             )
-    split = load_split(split_path or run)
-    data = select_data(ds, split, cfg.channels)
+    data = select_data(ds, split or load_split(split_path or run), cfg.channels)
     data.dataset_path = str(prepared)  # made absolute in the checkpoint
     return train(cfg, data, run, resume=resume)

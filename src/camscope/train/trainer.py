@@ -7,6 +7,7 @@ does, and the processes of a distributed run agree on the global batch without t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -21,6 +22,7 @@ from torch import nn
 from camscope import __version__
 from camscope.data.prepare import PreparedDataset, dataset_hash
 from camscope.errors import CamscopeError
+from camscope.folders import run_folder
 from camscope.models import build_model
 from camscope.models.inference import Preprocess, predict_logits
 from camscope.progress import make_progress
@@ -264,7 +266,9 @@ def train(
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
     try:
-        return _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info)
+        # rank 0 writes the folder: it must be ours, and no other run may write it meanwhile
+        with run_folder(run, "train") if dist_info.main else contextlib.nullcontext():
+            return _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info)
     finally:
         shutdown(dist_info)
 
