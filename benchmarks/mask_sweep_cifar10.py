@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from camscope.data.prepare import load_prepared
+from camscope.models.checkpoint import load_model
 from camscope.probes.masking import Geometry, summarise, sweep
-from camscope.train.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -76,7 +76,7 @@ def row_camscope(
     test_ids = [i for i, s in split.items() if s == "test"]
     pos = {i: k for k, i in enumerate(ds.ids)}
     idx = torch.tensor([pos[i] for i in test_ids])
-    from camscope.train.trainer import to_channels
+    from camscope.data.channels import to_channels
 
     test_x = to_channels(ds.images[idx], channels)
     remap = {ds.classes.index(c): k for k, c in enumerate(data.classes)}

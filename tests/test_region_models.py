@@ -11,13 +11,12 @@ import torch
 from camscope.data.prepare import PrepareConfig, prepare, save_prepared
 from camscope.data.splits import SplitConfig, make_split, write_split
 from camscope.data.synthetic import CoinSpec, SyntheticSource
-from camscope.evaluate.data import split_tensors
 from camscope.explain.engine import explain
 from camscope.explain.faithfulness import energy_inside, pointing_game
 from camscope.explain.faithfulness_run import _regions, faithfulness_run
 from camscope.models import build_model
-from camscope.probes.mask_run import masking_answer, masking_probe
-from camscope.train.checkpoint import load_model
+from camscope.probes.mask_run import mask_run, masking_answer
+from camscope.runs import open_run
 from camscope.train.config import make_config
 from camscope.train.run import train_from_files
 
@@ -67,7 +66,7 @@ SIZES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9]
 
 def test_centre_model_needs_the_centre_and_rim_model_the_rim(region_runs):
     res = {
-        region: masking_probe(run, prepared, sizes=SIZES, fill="mean", cam_images=16)
+        region: mask_run(open_run(run, prepared), sizes=SIZES, fill="mean", cam_images=16)
         for region, (run, prepared) in region_runs.items()
     }
     c = res["centre"]["answer"]["mean_drop_up_to_half_radius"]
@@ -99,7 +98,9 @@ def test_gradcam_points_at_the_evidence_and_a_random_model_does_not(region_runs,
     # images, chance 0.133: pointing game 0.27 / 0.64 / 0.56 and energy inside 0.196 / 0.234 /
     # 0.208 for seeds 0 / 1 / 2), so the claim is checked on the mean of three seeds
     runs = [region_runs["centre"]] + [_train(tmp_path, "centre", seed) for seed in (1, 2)]
-    results = [faithfulness_run(run, prepared, ["gradcam"], n_images=64) for run, prepared in runs]
+    results = [
+        faithfulness_run(open_run(run, prepared), methods=["gradcam"], n_images=64) for run, prepared in runs
+    ]
     chance = results[0]["region_area_share"]  # what a map blind to the image scores
     cams = [next(r for r in res["methods"] if r["method"] == "gradcam") for res in results]
     noises = [next(r for r in res["methods"] if r["method"] == "random") for res in results]
@@ -110,10 +111,10 @@ def test_gradcam_points_at_the_evidence_and_a_random_model_does_not(region_runs,
         assert cam["insertion_auc"] > noise["insertion_auc"] and cam["deletion_auc"] < noise["deletion_auc"]
 
     run, prepared = region_runs["centre"]
-    model, meta, prep = load_model(run)
-    images, _, ids = split_tensors(meta, prepared, run, "test")
-    regions = _regions(prepared, ids)
-    x = prep(images)
+    opened = open_run(run, prepared)
+    images, _, ids = opened.split_tensors("test")
+    regions = _regions(opened.dataset(), ids)
+    x = opened.prep(images)
     hits, energy = [], []
     for seed in range(3):  # the same architecture with random weights
         torch.manual_seed(seed)

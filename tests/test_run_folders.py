@@ -217,7 +217,8 @@ def test_two_runs_started_together_on_one_folder(tmp_path):
 
 def test_gallery_and_predict_names_never_collide(tmp_path):
     from camscope.data.prepare import load_prepared, save_prepared
-    from camscope.explain.gallery import cam_gallery
+    from camscope.explain.gallery import explain_run
+    from camscope.runs import open_run
 
     ds, _ = synthetic_prepared(tmp_path / "p0.safetensors", n=80, seed=3)
     names = ["a/b", "a_b", "a b", "a\nb"]
@@ -226,7 +227,7 @@ def test_gallery_and_predict_names_never_collide(tmp_path):
     assert load_prepared(prepared).classes[:4] == names
     run = tmp_path / "run"
     cli_train(prepared, run, "gray_cnn", 1)
-    res = cam_gallery(run, prepared, "test", "gradcam", per_class=2)
+    res = explain_run(open_run(run, prepared), method="gradcam", per_class=2)
     files = list((run / "explain").glob("gradcam_*.png"))
     assert len(res["files"]) == len(set(res["files"])) == len(files)
     index = json.loads((run / "explain" / "galleries.json").read_text())

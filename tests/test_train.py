@@ -16,13 +16,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from camscope.data.channels import to_channels
 from camscope.errors import CamscopeError
 from camscope.models import build_model, registered
+from camscope.models.checkpoint import load_checkpoint, save_checkpoint
 from camscope.train import augment
-from camscope.train.checkpoint import load_checkpoint, save_checkpoint
 from camscope.train.config import make_config
 from camscope.train.schedules import lr_multiplier
-from camscope.train.trainer import NonFiniteLoss, TrainData, select_data, to_channels, train
+from camscope.train.trainer import NonFiniteLoss, TrainData, select_data, train
 from tests.helpers import synthetic_prepared
 
 REPO = Path(__file__).resolve().parents[1]

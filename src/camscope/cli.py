@@ -1,8 +1,15 @@
-"""The command line: parses arguments and calls one function per command."""
+"""The command line: parses arguments, calls one library function per command, prints the result.
+
+Every command runs under ``cli_errors``: a user error (``CamscopeError``) prints one line with a
+hint and exits 2, Ctrl-C exits 130; nothing else is caught, so a bug still shows its traceback.
+Libraries (torch above all) are imported inside the commands, so ``camscope --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +21,7 @@ from rich.table import Table
 
 from camscope import __version__
 from camscope.errors import CamscopeError
+from camscope.explain.registry import names as method_names
 
 app = typer.Typer(
     add_completion=False,
@@ -56,6 +64,27 @@ DataOpt = Annotated[
     typer.Option("--data", help="the prepared dataset the run was trained on (default: the one it records)"),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda")]
+SplitOpt = Annotated[str, typer.Option("--split", help="which split of the run to use")]
+MethodOpt = Annotated[str, typer.Option(help=" | ".join(method_names()))]
+
+
+def cli_errors(fn):
+    """Run a command; a user error becomes one clear message and exit code 2."""
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CamscopeError as e:
+            err.print(f"[bold red]error:[/] {e.message}", soft_wrap=True)
+            if e.hint:
+                err.print(f"[yellow]hint:[/] {e.hint}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]: finished artifacts were written atomically and are intact")
+            raise typer.Exit(130) from None
+
+    return command
 
 
 def _source(
@@ -93,21 +122,18 @@ def _source(
     return open_source(spec)
 
 
-def _run(fn):
-    """Call ``fn`` and turn user errors into one clear message and exit code 2."""
-    try:
-        return fn()
-    except CamscopeError as e:
-        err.print(f"[bold red]error:[/] {e.message}", soft_wrap=True)
-        if e.hint:
-            err.print(f"[yellow]hint:[/] {e.hint}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        err.print("[red]interrupted[/]: finished artifacts were written atomically and are intact")
-        raise typer.Exit(130) from None
+def _open(run: Path, data: Path | None, device: str):
+    from camscope.runs import open_run
+
+    return open_run(run, data, device)
+
+
+def _list(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
 
 @app.command()
+@cli_errors
 def audit(
     source: SourceArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for audit.json")],
@@ -127,57 +153,30 @@ def audit(
     workers: Workers = 0,
 ):
     """Find broken files, missing sides, bad labels, duplicates and near-duplicates; write audit.json."""
+    from camscope.data.audit import AuditConfig, write_audit
+    from camscope.data.audit import audit as run_audit
 
-    def go():
-        from camscope.data.audit import AuditConfig, write_audit
-        from camscope.data.audit import audit as run_audit
-
-        src = _source(
-            source,
-            image_col,
-            pattern,
-            side_name,
-            label_col,
-            label_from,
-            label_regex,
-            id_col,
-            data_root,
-            delimiter,
-            download,
-        )
-        report = run_audit(src, AuditConfig(near_duplicates=not no_near, workers=workers))
-        path = write_audit(report, out)
-        print_audit(report)
-        console.print(f"audit written to [bold]{path}[/]")
-
-    _run(go)
-
-
-def print_audit(report: dict) -> None:
-    from camscope.data.audit import PROBLEM_KINDS
-
-    t = Table(title=f"audit of {report['source']['description']}")
-    t.add_column("finding")
-    t.add_column("count", justify="right")
-    t.add_column("meaning")
-    t.add_row(
-        "items", str(report["n_items"]), f"{report['n_images']} images, {report['n_readable']} readable"
+    src = _source(
+        source,
+        image_col,
+        pattern,
+        side_name,
+        label_col,
+        label_from,
+        label_regex,
+        id_col,
+        data_root,
+        delimiter,
+        download,
     )
-    t.add_row(
-        "classes",
-        str(len(report["class_counts"])),
-        ", ".join(f"{k} {v}" for k, v in list(report["class_counts"].items())[:8])
-        + (" ..." if len(report["class_counts"]) > 8 else ""),
-    )
-    for kind, n in report["problem_counts"].items():
-        t.add_row(kind, str(n), PROBLEM_KINDS.get(kind, ""))
-    t.add_row("exact duplicate groups", str(len(report["exact_duplicate_groups"])), "")
-    t.add_row("near-duplicate groups", str(len(report["near_duplicate_groups"])), "")
-    console.print(t)
-    console.print(f"took {report['timing_s']['total']:.1f} s")
+    report = run_audit(src, AuditConfig(near_duplicates=not no_near, workers=workers))
+    path = write_audit(report, out)
+    print_audit(report)
+    console.print(f"audit written to [bold]{path}[/]")
 
 
 @app.command()
+@cli_errors
 def prepare(
     source: SourceArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="prepared dataset file (.safetensors)")],
@@ -201,49 +200,41 @@ def prepare(
     workers: Workers = 0,
 ):
     """Decode every image once into a uint8 tensor file with labels, ids and provenance."""
+    from camscope.data.audit import BAD_FILE_KINDS, excluded_items, load_audit
+    from camscope.data.prepare import PrepareConfig, save_prepared
+    from camscope.data.prepare import prepare as run_prepare
 
-    def go():
-        from camscope.data.audit import BAD_FILE_KINDS, load_audit
-        from camscope.data.prepare import PrepareConfig, save_prepared
-        from camscope.data.prepare import prepare as run_prepare
-
-        src = _source(
-            source,
-            image_col,
-            pattern,
-            side_name,
-            label_col,
-            label_from,
-            label_regex,
-            id_col,
-            data_root,
-            delimiter,
-            download,
-        )
-        exclude = {}
-        if audit_path is not None:
-            for p in load_audit(audit_path)["problems"]:
-                if p["kind"] in BAD_FILE_KINDS:
-                    for i in p["item_ids"]:
-                        exclude.setdefault(i, f"{p['kind']} (audit): {p['detail']}")
-        cfg = PrepareConfig(size=size, policy=policy, channels=channels, combine=combine, workers=workers)
-        ds = run_prepare(src, cfg, exclude)
-        path = save_prepared(ds, out)
-        console.print(
-            f"prepared {len(ds)} items, {len(ds.classes)} classes, images {tuple(ds.images.shape)} "
-            f"in {ds.info['timing_s']:.1f} s -> [bold]{path}[/]"
-        )
-        if ds.info["excluded"]:
-            console.print(f"[yellow]{len(ds.info['excluded'])} item(s) left out[/]:")
-            for e in ds.info["excluded"][:10]:
-                console.print(f"  {e['id']}: {e['reason']}")
-            if len(ds.info["excluded"]) > 10:
-                console.print(f"  ... and {len(ds.info['excluded']) - 10} more (see `camscope info {path}`)")
-
-    _run(go)
+    src = _source(
+        source,
+        image_col,
+        pattern,
+        side_name,
+        label_col,
+        label_from,
+        label_regex,
+        id_col,
+        data_root,
+        delimiter,
+        download,
+    )
+    exclude = excluded_items(load_audit(audit_path), BAD_FILE_KINDS) if audit_path is not None else {}
+    cfg = PrepareConfig(size=size, policy=policy, channels=channels, combine=combine, workers=workers)
+    ds = run_prepare(src, cfg, exclude)
+    path = save_prepared(ds, out)
+    console.print(
+        f"prepared {len(ds)} items, {len(ds.classes)} classes, images {tuple(ds.images.shape)} "
+        f"in {ds.info['timing_s']:.1f} s -> [bold]{path}[/]"
+    )
+    if ds.info["excluded"]:
+        console.print(f"[yellow]{len(ds.info['excluded'])} item(s) left out[/]:")
+        for e in ds.info["excluded"][:10]:
+            console.print(f"  {e['id']}: {e['reason']}")
+        if len(ds.info["excluded"]) > 10:
+            console.print(f"  ... and {len(ds.info['excluded']) - 10} more (see `camscope info {path}`)")
 
 
 @app.command()
+@cli_errors
 def split(
     prepared: Annotated[Path, typer.Argument(help="prepared dataset file")],
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder for split.csv and split.json")],
@@ -266,65 +257,31 @@ def split(
     ] = False,
 ):
     """Stratified, group-aware, reproducible train/val/test split (left-out classes become 'unseen')."""
+    from camscope.data.audit import load_audit
+    from camscope.data.prepare import load_prepared
+    from camscope.data.selection import ClassSelection
+    from camscope.data.splits import SplitConfig, make_split, parse_fractions, write_split
 
-    def go():
-        from camscope.data.audit import load_audit
-        from camscope.data.prepare import load_prepared
-        from camscope.data.selection import ClassSelection, parse_ranks
-        from camscope.data.splits import SplitConfig, make_split, write_split
-
-        try:
-            fr = tuple(float(x) for x in fractions.split(","))
-        except ValueError:
-            raise CamscopeError(
-                f"cannot read fractions {fractions!r}", "write them like 0.7,0.15,0.15"
-            ) from None
-        sel = ClassSelection(
-            names=[c.strip() for c in classes.split(",")] if classes else None,
-            top_k=top_k,
-            ranks=parse_ranks(ranks) if ranks else None,
-            min_count=min_count,
-        )
-        ds = load_prepared(prepared)
-        report = load_audit(audit_path) if audit_path else None
-        cfg = SplitConfig(
-            fractions=fr,
-            seed=seed,
-            allow_leaks=allow_leaks,
-            dedupe=dedupe,
-            respect_given=not ignore_given,
-            selection=sel,
-        )
-        result = make_split(ds, cfg, report)
-        csv_path, _ = write_split(result, out)
-        print_split(result.summary)
-        console.print(f"split written to [bold]{csv_path}[/]")
-        if report is None:
-            console.print("[yellow]no --audit given: duplicates were not kept together[/]")
-
-    _run(go)
-
-
-def print_split(s: dict) -> None:
-    t = Table(title="split")
-    t.add_column("class")
-    for name in ("train", "val", "test", "unseen", "dropped"):
-        t.add_column(name, justify="right")
-    classes = sorted({c for counts in s["counts"].values() for c in counts if c})
-    for c in classes:
-        t.add_row(c, *(str(s["counts"][k].get(c, 0)) for k in ("train", "val", "test", "unseen", "dropped")))
-    t.add_row(
-        "[bold]total", *(f"[bold]{s['totals'][k]}" for k in ("train", "val", "test", "unseen", "dropped"))
+    cfg = SplitConfig(
+        fractions=parse_fractions(fractions),
+        seed=seed,
+        allow_leaks=allow_leaks,
+        dedupe=dedupe,
+        respect_given=not ignore_given,
+        selection=ClassSelection.from_text(classes, top_k, ranks, min_count),
     )
-    console.print(t)
-    console.print(
-        f"{s['duplicate_groups_kept_together']} of {s['duplicate_groups']} duplicate groups kept "
-        f"together ({s['items_in_duplicate_groups']} items); test items with a duplicate in "
-        f"training: {s['test_items_with_duplicate_in_train']}"
-    )
+    ds = load_prepared(prepared)
+    report = load_audit(audit_path) if audit_path else None
+    result = make_split(ds, cfg, report)
+    csv_path, _ = write_split(result, out)
+    print_split(result.summary)
+    console.print(f"split written to [bold]{csv_path}[/]")
+    if report is None:
+        console.print("[yellow]no --audit given: duplicates were not kept together[/]")
 
 
 @app.command()
+@cli_errors
 def train(
     prepared: Annotated[Path, typer.Argument(help="prepared dataset file")],
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder (checkpoints, metrics, split)")],
@@ -394,81 +351,404 @@ def train(
     Each model brings a recipe (its training defaults); every option given here overrides it.
     Under `torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.
     """
+    # the options named like TrainConfig's fields override the recipe (None: not given)
+    given = dict(locals())
+    from camscope.train.config import TrainConfig, make_config, parse_model_args, parse_resize
+    from camscope.train.run import train_from_files
 
-    def go():
-        from camscope.train.config import make_config
-        from camscope.train.run import train_from_files
+    options = {k: v for k, v in given.items() if k in TrainConfig.model_fields and k != "model"}
+    options.update(
+        resize_schedule=parse_resize(resize),
+        model_args=parse_model_args(model_arg),
+        max_train_s=None if max_minutes is None else 60 * max_minutes,
+        tensorboard=tensorboard or None,
+    )
+    cfg = make_config(model, use_recipe=not no_recipe, **options)
+    notes: list[str] = []
+    result = train_from_files(prepared, out, cfg, split_path, resume, notes)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for note in notes:
+        console.print(f"[yellow]{note}[/]")
+    print_training(result)
 
-        margs = {}
-        for item in model_arg or []:
-            if "=" not in item:
-                raise CamscopeError(
-                    f"cannot read --model-arg {item!r}", "write key=value, e.g. widths=[32,64,64]"
-                )
-            key, value = item.split("=", 1)
-            try:
-                margs[key.strip()] = json.loads(value)
-            except json.JSONDecodeError:
-                margs[key.strip()] = value
-        cfg = make_config(
-            model,
-            use_recipe=not no_recipe,
-            resize_schedule=_parse_resize(resize),
-            model_args=margs or None,
-            weights=weights,
-            finetune=finetune,
-            unfreeze_epoch=unfreeze_epoch,
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            schedule=schedule,
-            warmup_epochs=warmup_epochs,
-            label_smoothing=label_smoothing,
-            class_weights=class_weights,
-            grad_clip=grad_clip,
-            lookahead=lookahead,
-            translate=translate,
-            flip=flip,
-            cutout=cutout,
-            mask_prob=mask_prob,
-            mask_max=mask_max,
-            tta=tta,
-            channels=channels,
-            monitor=monitor,
-            patience=patience,
-            seed=seed,
-            device=device,
-            amp=amp,
-            checkpoint_every_steps=checkpoint_every_steps,
-            max_train_s=None if max_minutes is None else 60 * max_minutes,
-            tensorboard=tensorboard or None,
-            mlflow_uri=mlflow_uri,
+
+@app.command()
+@cli_errors
+def evaluate(
+    run: RunArg,
+    data: DataOpt = None,
+    split_name: SplitOpt = "test",
+    tta: Annotated[str | None, typer.Option(help="none | flip | flip_translate (default: the run's)")] = None,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals (0: off)")] = 1000,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (default RUN/eval)")] = None,
+    device: DeviceOpt = "cpu",
+):
+    """Accuracy, precision/recall/F1, confusion matrices, calibration and error gallery of a run."""
+    from camscope.evaluate.run import evaluate_run
+
+    res = evaluate_run(_open(run, data, device), split=split_name, tta=tta, bootstrap=bootstrap, out=out)
+    print_evaluation(res)
+    console.print(f"written to [bold]{res['out']}[/]")
+
+
+@app.command()
+@cli_errors
+def predict(
+    run: RunArg,
+    paths: Annotated[list[str], typer.Argument(help="image files, folders, or a CSV of image paths")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="predictions CSV to write")] = Path(
+        "predictions.csv"
+    ),
+    top_k: Annotated[int, typer.Option("--top-k", help="labels per image")] = 3,
+    image_col: ImageCol = None,
+    cam: Annotated[
+        str | None, typer.Option(help="also save CAM overlays with this method, e.g. gradcam")
+    ] = None,
+    cam_dir: Annotated[
+        Path | None, typer.Option(help="folder for the overlays (default: next to --out)")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="images per batch")] = 64,
+    device: DeviceOpt = "cpu",
+):
+    """Classify new images with a trained run, using the run's own preparation and preprocessing."""
+    from camscope.predict import predict_paths
+
+    res = predict_paths(run, paths, out, top_k, image_col, cam, cam_dir, batch, device)
+    for p in res["skipped"]:
+        err.print(f"[yellow]skipped {p['path']}: {p['kind']}: {p['detail']}[/]")
+    console.print(
+        f"{res['predicted']} images classified, {len(res['skipped'])} skipped; [bold]{res['out']}[/]"
+    )
+
+
+@app.command()
+@cli_errors
+def explain(
+    run: RunArg,
+    data: DataOpt = None,
+    split_name: SplitOpt = "test",
+    method: MethodOpt = "gradcam",
+    layer: Annotated[list[str] | None, typer.Option("--layer", help="target layer name (repeatable)")] = None,
+    per_class: Annotated[int, typer.Option(help="images per class and per correct/wrong")] = 6,
+    target: Annotated[str, typer.Option(help="explain the 'pred'icted or the 'true' class")] = "pred",
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (default RUN/explain)")] = None,
+    device: DeviceOpt = "cpu",
+):
+    """CAM galleries: per class, the most confident correct and wrong predictions with heat maps."""
+    from camscope.explain.gallery import explain_run
+
+    res = explain_run(
+        _open(run, data, device),
+        split=split_name,
+        method=method,
+        layers=layer or None,
+        per_class=per_class,
+        target=target,
+        out=out,
+    )
+    console.print(
+        f"{res['n']} {split_name} images explained; {len(res['files'])} galleries in [bold]{res['out']}[/]"
+    )
+
+
+@app.command()
+@cli_errors
+def mask(
+    run: RunArg,
+    data: DataOpt = None,
+    split_name: SplitOpt = "test",
+    sizes: Annotated[
+        str, typer.Option(help="fractions of the object's radius: start:stop:step or a list")
+    ] = ("0.1:0.9:0.1"),
+    mode: Annotated[str, typer.Option(help="centre,outer (or one of them)")] = "centre,outer",
+    fill: Annotated[str, typer.Option(help="zero | mean | blur | noise")] = "zero",
+    shape: Annotated[str, typer.Option(help="disk | square")] = "disk",
+    cam_images: Annotated[int, typer.Option(help="images used for the CAM energy numbers")] = 128,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output folder (default RUN/probes/masking)")
+    ] = None,
+    device: DeviceOpt = "cpu",
+):
+    """Hide the centre or the outer ring of each object at growing sizes: accuracy, confidence, CAMs."""
+    from camscope.probes.mask_run import mask_run, masking_table
+    from camscope.probes.masking import parse_sizes
+
+    modes = tuple(_list(mode) or ())
+    res = mask_run(
+        _open(run, data, device),
+        split=split_name,
+        sizes=parse_sizes(sizes),
+        modes=modes,
+        fill=fill,
+        shape=shape,
+        cam_images=cam_images,
+        out=out,
+    )
+    t = Table(title=f"masking ({fill} fill, {shape})")
+    t.add_column("size", justify="right")
+    for m in modes:
+        t.add_column(f"acc, {m} hidden", justify="right")
+        t.add_column(f"CAM on visible, {m}", justify="right")
+    for row in masking_table(res["overall"], res["cam"], modes)[1]:
+        cells = [row[k][m] for m in modes for k in ("accuracy", "visible_energy_share")]
+        t.add_row(f"{row['size']:.2f}", *("–" if c is None else f"{c:.3f}" for c in cells))
+    console.print(t)
+    if "verdict" in res["answer"]:
+        console.print(res["answer"]["verdict"])
+    console.print(f"written to [bold]{res['out']}[/]")
+
+
+@app.command()
+@cli_errors
+def unseen(
+    run: RunArg,
+    data: DataOpt = None,
+    classes: Annotated[
+        str | None, typer.Option(help="comma-separated classes the model never saw (default: all of them)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output folder (default RUN/probes/unseen)")
+    ] = None,
+    device: DeviceOpt = "cpu",
+):
+    """What the model says about a class it never saw, and how well OOD scores separate it."""
+    from camscope.probes.unseen_run import unseen_run
+
+    res = unseen_run(_open(run, data, device), classes=_list(classes), out=out)
+    console.print(
+        f"{res['n_unseen']} images of {', '.join(res['unseen_classes'])} against "
+        f"{res['n_in_distribution_test']} in-distribution test images"
+    )
+    console.print("labels given: " + ", ".join(f"{k} {v}" for k, v in res["label_distribution"].items()))
+    console.print(
+        f"mean confidence {res['mean_confidence_unseen']:.3f} (in-distribution "
+        f"{res['mean_confidence_in_distribution']:.3f}); keeps its label under a flip "
+        f"{res['consistency']['keeps_label_under_flip']:.1%}, under 2-px shifts "
+        f"{res['consistency']['keeps_label_under_2px_shifts']:.1%}"
+    )
+    t = Table(title="telling the unseen class apart")
+    for c in ("score", "AUROC", "FPR at 95% TPR"):
+        t.add_column(c, justify="right")
+    for name, v in res["separation"].items():
+        t.add_row(name, f"{v['auroc']:.3f}", f"{v['fpr_at_95_tpr']:.3f}")
+    console.print(t)
+    console.print(f"written to [bold]{res['out']}[/]")
+
+
+@app.command()
+@cli_errors
+def features(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="prepared dataset (default: the one the run records)")
+    ] = None,
+    run: Annotated[
+        Path | None, typer.Argument(help="run folder from camscope train (or use --backbone)")
+    ] = None,
+    backbone: Annotated[str | None, typer.Option(help="torchvision model name instead of a run")] = None,
+    weights: Annotated[str | None, typer.Option(help="its weights file (.safetensors or .pth)")] = None,
+    projection: Annotated[str, typer.Option(help="pca,tsne,umap (umap when installed)")] = "pca,tsne,umap",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output folder (default RUN/probes/features)")
+    ] = None,
+    device: DeviceOpt = "cpu",
+):
+    """Penultimate-layer embeddings, 2-D projections by class, linear-probe and kNN accuracy."""
+    from camscope.probes.features import features_run
+    from camscope.runs import open_backbone
+
+    if run is not None:
+        opened = _open(run, data, device)
+    elif backbone is None:
+        raise CamscopeError("give a run folder or --backbone NAME", "e.g. camscope features RUN --data P")
+    elif data is None:
+        raise CamscopeError("features of a --backbone need a dataset", "pass --data PREPARED")
+    else:
+        opened = open_backbone(backbone, weights, data, device)
+    res = features_run(opened, projections=tuple(_list(projection) or ()), out=out)
+    console.print(f"{res['n']} items x {res['dim']} features; projections: {', '.join(res['projections'])}")
+    p = res["probes"]
+    if "linear_probe_accuracy" in p:
+        console.print(
+            f"linear probe {p['linear_probe_accuracy']:.4f}, 5-NN {p['knn5_accuracy']:.4f} "
+            f"(train {p['n_train']}, test {p['n_test']})"
         )
-        notes: list[str] = []
-        result = train_from_files(prepared, out, cfg, split_path, resume, notes)
-        if int(__import__("os").environ.get("RANK", "0")) != 0:
-            return
-        for note in notes:
-            console.print(f"[yellow]{note}[/]")
-        print_training(result)
-
-    _run(go)
+    console.print(f"written to [bold]{res['out']}[/]")
 
 
-def _parse_resize(items: list[str] | None) -> list[tuple[float, int]] | None:
-    out = []
-    for item in items or []:
-        try:
-            frac, side = item.split(":")
-            out.append((float(frac), int(side)))
-        except ValueError:
-            raise CamscopeError(
-                f"cannot read --resize {item!r}", "write FRACTION:SIDE, e.g. --resize 0.4:24"
-            ) from None
-    return out or None
+@app.command("run")
+@cli_errors
+def run_study(
+    study: Annotated[Path, typer.Argument(help="study file (.yaml), e.g. studies/demo.yaml")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="run folder (default: runs/<study name>)")
+    ] = None,
+    from_stage: Annotated[
+        str | None,
+        typer.Option("--from", help="re-run from this stage on, e.g. train or train:top2"),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a study key, e.g. source.path=/data/coins.zip (repeatable)"),
+    ] = None,
+):
+    """Run a study stage by stage into one folder; unchanged stages are skipped; ends with the report."""
+    from camscope.study.config import Study, parse_set
+
+    s = Study.from_yaml(study, parse_set(set_ or []))
+    res = s.run(out or Path("runs") / s.name, from_stage, console)
+    console.rule("done")
+    console.print(f"{len(res['ran'])} stage(s) ran, {len(res['skipped'])} unchanged; {res['seconds']:.1f} s")
+    if res["report"]:
+        console.print(f"report: [bold]{res['report']}[/]")
+
+
+@app.command()
+@cli_errors
+def report(run: Annotated[Path, typer.Argument(help="study run folder or training run folder")]):
+    """(Re)write report.html and results.json for a run folder from what it holds."""
+    from camscope.report.html import write_report
+    from camscope.report.results import collect_results
+
+    if not run.is_dir():
+        raise CamscopeError(f"run folder {run} not found", "give the folder camscope run or train wrote")
+    path = write_report(collect_results(run), run)
+    console.print(f"report: [bold]{path}[/]")
+
+
+@app.command()
+@cli_errors
+def serve(
+    run: RunArg,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="the run's prepared dataset (its test images)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    max_mb: Annotated[float, typer.Option("--max-mb", help="largest upload in MB")] = 10.0,
+    max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="largest image")] = 40.0,
+    report_path: Annotated[
+        Path | None, typer.Option("--report", help="report.html to serve at /report (default: found)")
+    ] = None,
+    device: DeviceOpt = "cpu",
+):
+    """A web page: upload an image or pick a test image, see the top-k prediction and its CAM."""
+    from camscope.runs import prepared_for_run
+    from camscope.serve.app import serve as run_server
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]binding {host}: the page is reachable from other machines[/]")
+    console.print(f"camscope serving {run} at [bold]http://{host}:{port}/[/] (Ctrl-C stops)")
+    try:
+        prepared = prepared_for_run(run, data)
+    except CamscopeError as e:  # the page works without test images; say why there are none
+        err.print(f"[yellow]no test images to pick: {e}[/]")
+        prepared = None
+    run_server(run, prepared, host, port, device, int(max_mb * 2**20), int(max_megapixels * 1e6), report_path)
+
+
+@app.command()
+def models():
+    """List the registered models with their default CAM layer."""
+    from camscope.models import registered
+
+    t = Table(title="models (any torchvision classification model name works too)")
+    for c in ("name", "CAM layer", "description"):
+        t.add_column(c)
+    for name, e in sorted(registered().items()):
+        t.add_row(name, e.cam_layer, e.description)
+    console.print(t)
+
+
+@app.command()
+@cli_errors
+def info(prepared: Annotated[Path, typer.Argument(help="prepared dataset file")]):
+    """Describe a prepared dataset: shape, classes, preprocessing, excluded items."""
+    from camscope.data.prepare import load_prepared
+
+    ds = load_prepared(prepared)
+    masks = "yes" if ds.masks is not None else "no"
+    console.print(f"{len(ds)} items, images {tuple(ds.images.shape)} uint8, masks: {masks}")
+    console.print("classes: " + ", ".join(f"{k} ({v})" for k, v in ds.class_counts().items()))
+    console.print("source: " + ds.info["source"]["description"])
+    console.print("preprocessing: " + json.dumps(ds.info["preprocessing"]))
+    console.print(f"dataset hash: {ds.info['dataset_hash']}")
+    for e in ds.info["excluded"]:
+        console.print(f"  left out {e['id']}: {e['reason']}")
+
+
+@app.command()
+@cli_errors
+def synth(
+    out: Annotated[Path, typer.Argument(help="folder to write the coins into")],
+    n: Annotated[int, typer.Option(help="number of coins")] = 200,
+    size: Annotated[int, typer.Option(help="pixels per side")] = 64,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    messy: Annotated[bool, typer.Option("--messy", help="plant data problems for the audit to find")] = False,
+):
+    """Write synthetic two-sided coins as JPEGs plus a CSV manifest (optionally with planted problems)."""
+    from camscope.data.messy import write_coin_dataset
+
+    manifest = write_coin_dataset(out, n=n, size=size, seed=seed, messy=messy)
+    console.print(f"wrote {n} coins to [bold]{out}[/]; manifest {manifest}")
+    console.print(
+        f"audit it: camscope audit {manifest} --pattern 'images/heads{{row:05d}}.jpg' "
+        f"--pattern 'images/tails{{row:05d}}.jpg' --label-from Obverse "
+        f"--label-regex 'Coin of (\\w+)' --out {out}/audit"
+    )
+
+
+@app.callback(invoke_without_command=True)
+def main(version: Annotated[bool, typer.Option("--version", help="print the version")] = False):
+    if version:
+        console.print(f"camscope {__version__}")
+        raise typer.Exit()
+
+
+# -- printing results -------------------------------------------------------------------------
+
+
+def print_audit(report: dict) -> None:
+    from camscope.data.audit import PROBLEM_KINDS
+
+    t = Table(title=f"audit of {report['source']['description']}")
+    t.add_column("finding")
+    t.add_column("count", justify="right")
+    t.add_column("meaning")
+    t.add_row(
+        "items", str(report["n_items"]), f"{report['n_images']} images, {report['n_readable']} readable"
+    )
+    t.add_row(
+        "classes",
+        str(len(report["class_counts"])),
+        ", ".join(f"{k} {v}" for k, v in list(report["class_counts"].items())[:8])
+        + (" ..." if len(report["class_counts"]) > 8 else ""),
+    )
+    for kind, n in report["problem_counts"].items():
+        t.add_row(kind, str(n), PROBLEM_KINDS.get(kind, ""))
+    t.add_row("exact duplicate groups", str(len(report["exact_duplicate_groups"])), "")
+    t.add_row("near-duplicate groups", str(len(report["near_duplicate_groups"])), "")
+    console.print(t)
+    console.print(f"took {report['timing_s']['total']:.1f} s")
+
+
+def print_split(s: dict) -> None:
+    t = Table(title="split")
+    t.add_column("class")
+    for name in ("train", "val", "test", "unseen", "dropped"):
+        t.add_column(name, justify="right")
+    classes = sorted({c for counts in s["counts"].values() for c in counts if c})
+    for c in classes:
+        t.add_row(c, *(str(s["counts"][k].get(c, 0)) for k in ("train", "val", "test", "unseen", "dropped")))
+    t.add_row(
+        "[bold]total", *(f"[bold]{s['totals'][k]}" for k in ("train", "val", "test", "unseen", "dropped"))
+    )
+    console.print(t)
+    console.print(
+        f"{s['duplicate_groups_kept_together']} of {s['duplicate_groups']} duplicate groups kept "
+        f"together ({s['items_in_duplicate_groups']} items); test items with a duplicate in "
+        f"training: {s['test_items_with_duplicate_in_train']}"
+    )
 
 
 def print_training(result) -> None:
@@ -488,35 +768,6 @@ def print_training(result) -> None:
     console.print(
         f"{result.seconds:.1f} s of training; checkpoints best/last and metrics in [bold]{result.run_dir}[/]"
     )
-
-
-def prepared_for_run(run: Path, data: Path | None) -> Path:
-    # imported here: torch loads only for the commands that need it
-    from camscope.evaluate.data import prepared_for_run as find
-
-    return find(run, data)
-
-
-@app.command()
-def evaluate(
-    run: RunArg,
-    data: DataOpt = None,
-    split_name: Annotated[str, typer.Option("--split", help="which split to evaluate")] = "test",
-    tta: Annotated[str | None, typer.Option(help="none | flip | flip_translate (default: the run's)")] = None,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals (0: off)")] = 1000,
-    out: Annotated[Path | None, typer.Option("--out", help="output folder (default RUN/eval)")] = None,
-    device: DeviceOpt = "cpu",
-):
-    """Accuracy, precision/recall/F1, confusion matrices, calibration and error gallery of a run."""
-
-    def go():
-        from camscope.evaluate.run import evaluate_run
-
-        res = evaluate_run(run, prepared_for_run(run, data), split_name, tta, out, device, bootstrap)
-        print_evaluation(res)
-        console.print(f"written to [bold]{out or Path(run) / 'eval'}[/]")
-
-    _run(go)
 
 
 def print_evaluation(res: dict) -> None:
@@ -567,363 +818,6 @@ def print_evaluation(res: dict) -> None:
                 f"{d['true']}->{d['predicted']} ({d['count']})" for d in res["all"]["most_confused"][:5]
             )
         )
-
-
-@app.command()
-def predict(
-    run: RunArg,
-    paths: Annotated[list[str], typer.Argument(help="image files, folders, or a CSV of image paths")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="predictions CSV to write")] = Path(
-        "predictions.csv"
-    ),
-    top_k: Annotated[int, typer.Option("--top-k", help="labels per image")] = 3,
-    image_col: ImageCol = None,
-    cam: Annotated[
-        str | None, typer.Option(help="also save CAM overlays with this method, e.g. gradcam")
-    ] = None,
-    cam_dir: Annotated[
-        Path | None, typer.Option(help="folder for the overlays (default: next to --out)")
-    ] = None,
-    batch: Annotated[int, typer.Option(help="images per batch")] = 64,
-    device: DeviceOpt = "cpu",
-):
-    """Classify new images with a trained run, using the run's own preparation and preprocessing."""
-
-    def go():
-        from camscope.predict import predict_paths
-
-        res = predict_paths(run, paths, out, top_k, image_col, cam, cam_dir, batch, device)
-        for p in res["skipped"]:
-            err.print(f"[yellow]skipped {p['path']}: {p['kind']}: {p['detail']}[/]")
-        console.print(
-            f"{res['predicted']} images classified, {len(res['skipped'])} skipped; [bold]{res['out']}[/]"
-        )
-
-    _run(go)
-
-
-@app.command()
-def explain(
-    run: RunArg,
-    data: DataOpt = None,
-    split_name: Annotated[str, typer.Option("--split", help="which split to explain")] = "test",
-    method: Annotated[
-        str,
-        typer.Option(
-            help="gradcam | gradcam++ | xgradcam | hirescam | layercam | eigencam | scorecam | ablationcam"
-        ),
-    ] = "gradcam",
-    layer: Annotated[list[str] | None, typer.Option("--layer", help="target layer name (repeatable)")] = None,
-    per_class: Annotated[int, typer.Option(help="images per class and per correct/wrong")] = 6,
-    target: Annotated[str, typer.Option(help="explain the 'pred'icted or the 'true' class")] = "pred",
-    out: Annotated[Path | None, typer.Option("--out", help="output folder (default RUN/explain)")] = None,
-    device: DeviceOpt = "cpu",
-):
-    """CAM galleries: per class, the most confident correct and wrong predictions with heat maps."""
-
-    def go():
-        from camscope.explain.gallery import cam_gallery
-
-        if target not in ("pred", "true"):
-            raise CamscopeError(
-                f"--target {target!r} is not pred or true", "use --target pred or --target true"
-            )
-        prepared = prepared_for_run(run, data)
-        res = cam_gallery(run, prepared, split_name, method, layer or None, per_class, target, out, device)
-        console.print(
-            f"{res['n']} {split_name} images explained; "
-            f"{len(res['files'])} galleries in [bold]{res['out']}[/]"
-        )
-
-    _run(go)
-
-
-@app.command()
-def mask(
-    run: RunArg,
-    data: DataOpt = None,
-    split_name: Annotated[str, typer.Option("--split", help="which split to probe")] = "test",
-    sizes: Annotated[
-        str, typer.Option(help="fractions of the object's radius: start:stop:step or a list")
-    ] = ("0.1:0.9:0.1"),
-    mode: Annotated[str, typer.Option(help="centre,outer (or one of them)")] = "centre,outer",
-    fill: Annotated[str, typer.Option(help="zero | mean | blur | noise")] = "zero",
-    shape: Annotated[str, typer.Option(help="disk | square")] = "disk",
-    cam_images: Annotated[int, typer.Option(help="images used for the CAM energy numbers")] = 128,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="output folder (default RUN/probes/masking)")
-    ] = None,
-    device: DeviceOpt = "cpu",
-):
-    """Hide the centre or the outer ring of each object at growing sizes: accuracy, confidence, CAMs."""
-
-    def go():
-        from camscope.probes.mask_run import masking_probe
-        from camscope.probes.masking import parse_sizes
-
-        modes = tuple(m.strip() for m in mode.split(",") if m.strip())
-        prepared = prepared_for_run(run, data)
-        res = masking_probe(
-            run, prepared, split_name, parse_sizes(sizes), modes, fill, shape, out, cam_images, device=device
-        )
-        t = Table(title=f"masking ({fill} fill, {shape})")
-        t.add_column("size", justify="right")
-        for m in modes:
-            t.add_column(f"acc, {m} hidden", justify="right")
-            t.add_column(f"CAM on visible, {m}", justify="right")
-        for size in sorted({r["size"] for r in res["overall"]}):
-            cells = []
-            for m in modes:
-                acc = next(r["accuracy"] for r in res["overall"] if r["mode"] == m and r["size"] == size)
-                vis = next(
-                    r["visible_energy_share"] for r in res["cam"] if r["mode"] == m and r["size"] == size
-                )
-                cells += [f"{acc:.3f}", f"{vis:.2f}"]
-            t.add_row(f"{size:.2f}", *cells)
-        console.print(t)
-        if "verdict" in res["answer"]:
-            console.print(res["answer"]["verdict"])
-        console.print(f"written to [bold]{res['out']}[/]")
-
-    _run(go)
-
-
-@app.command()
-def unseen(
-    run: RunArg,
-    data: DataOpt = None,
-    classes: Annotated[
-        str | None, typer.Option(help="comma-separated classes the model never saw (default: all of them)")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="output folder (default RUN/probes/unseen)")
-    ] = None,
-    device: DeviceOpt = "cpu",
-):
-    """What the model says about a class it never saw, and how well OOD scores separate it."""
-
-    def go():
-        from camscope.probes.unseen_run import unseen_probe
-
-        prepared = prepared_for_run(run, data)
-        res = unseen_probe(
-            run, prepared, [c.strip() for c in classes.split(",")] if classes else None, out, device
-        )
-        console.print(
-            f"{res['n_unseen']} images of {', '.join(res['unseen_classes'])} against "
-            f"{res['n_in_distribution_test']} in-distribution test images"
-        )
-        console.print("labels given: " + ", ".join(f"{k} {v}" for k, v in res["label_distribution"].items()))
-        console.print(
-            f"mean confidence {res['mean_confidence_unseen']:.3f} (in-distribution "
-            f"{res['mean_confidence_in_distribution']:.3f}); keeps its label under a flip "
-            f"{res['consistency']['keeps_label_under_flip']:.1%}, under 2-px shifts "
-            f"{res['consistency']['keeps_label_under_2px_shifts']:.1%}"
-        )
-        t = Table(title="telling the unseen class apart")
-        for c in ("score", "AUROC", "FPR at 95% TPR"):
-            t.add_column(c, justify="right")
-        for name, v in res["separation"].items():
-            t.add_row(name, f"{v['auroc']:.3f}", f"{v['fpr_at_95_tpr']:.3f}")
-        console.print(t)
-        console.print(f"written to [bold]{res['out']}[/]")
-
-    _run(go)
-
-
-@app.command()
-def features(
-    data: Annotated[
-        Path | None, typer.Option("--data", help="prepared dataset (default: the one the run records)")
-    ] = None,
-    run: Annotated[
-        Path | None, typer.Argument(help="run folder from camscope train (or use --backbone)")
-    ] = None,
-    backbone: Annotated[str | None, typer.Option(help="torchvision model name instead of a run")] = None,
-    weights: Annotated[str | None, typer.Option(help="its weights file (.safetensors or .pth)")] = None,
-    projection: Annotated[str, typer.Option(help="pca,tsne,umap (umap when installed)")] = "pca,tsne,umap",
-    out: Annotated[
-        Path | None, typer.Option("--out", help="output folder (default RUN/probes/features)")
-    ] = None,
-    device: DeviceOpt = "cpu",
-):
-    """Penultimate-layer embeddings, 2-D projections by class, linear-probe and kNN accuracy."""
-
-    def go():
-        from camscope.probes.features import features_probe
-
-        if run is None and data is None:
-            raise CamscopeError("features of a --backbone need a dataset", "pass --data PREPARED")
-        res = features_probe(
-            prepared_for_run(run, data) if run is not None else data,
-            run,
-            out,
-            backbone,
-            weights,
-            device,
-            tuple(m.strip() for m in projection.split(",") if m.strip()),
-        )
-        console.print(
-            f"{res['n']} items x {res['dim']} features; projections: {', '.join(res['projections'])}"
-        )
-        p = res["probes"]
-        if "linear_probe_accuracy" in p:
-            console.print(
-                f"linear probe {p['linear_probe_accuracy']:.4f}, 5-NN {p['knn5_accuracy']:.4f} "
-                f"(train {p['n_train']}, test {p['n_test']})"
-            )
-        console.print(f"written to [bold]{res['out']}[/]")
-
-    _run(go)
-
-
-@app.command("run")
-def run_study(
-    study: Annotated[Path, typer.Argument(help="study file (.yaml), e.g. studies/demo.yaml")],
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="run folder (default: runs/<study name>)")
-    ] = None,
-    from_stage: Annotated[
-        str | None,
-        typer.Option("--from", help="re-run from this stage on, e.g. train or train:top2"),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="override a study key, e.g. source.path=/data/coins.zip (repeatable)"),
-    ] = None,
-):
-    """Run a study stage by stage into one folder; unchanged stages are skipped; ends with the report."""
-
-    def go():
-        from camscope.study.config import Study, parse_set
-
-        s = Study.from_yaml(study, parse_set(set_ or []))
-        res = s.run(out or Path("runs") / s.name, from_stage, console)
-        console.rule("done")
-        console.print(
-            f"{len(res['ran'])} stage(s) ran, {len(res['skipped'])} unchanged; {res['seconds']:.1f} s"
-        )
-        if res["report"]:
-            console.print(f"report: [bold]{res['report']}[/]")
-
-    _run(go)
-
-
-@app.command()
-def report(run: Annotated[Path, typer.Argument(help="study run folder or training run folder")]):
-    """(Re)write report.html and results.json for a run folder from what it holds."""
-
-    def go():
-        from camscope.report.html import write_report
-        from camscope.report.results import collect_results
-
-        if not run.is_dir():
-            raise CamscopeError(f"run folder {run} not found", "give the folder camscope run or train wrote")
-        path = write_report(collect_results(run), run)
-        console.print(f"report: [bold]{path}[/]")
-
-    _run(go)
-
-
-@app.command()
-def serve(
-    run: RunArg,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="the run's prepared dataset (its test images)")
-    ] = None,
-    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 8000,
-    max_mb: Annotated[float, typer.Option("--max-mb", help="largest upload in MB")] = 10.0,
-    max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="largest image")] = 40.0,
-    report_path: Annotated[
-        Path | None, typer.Option("--report", help="report.html to serve at /report (default: found)")
-    ] = None,
-    device: DeviceOpt = "cpu",
-):
-    """A web page: upload an image or pick a test image, see the top-k prediction and its CAM."""
-
-    def go():
-        from camscope.serve.app import serve as run_server
-
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            err.print(f"[yellow]binding {host}: the page is reachable from other machines[/]")
-        console.print(f"camscope serving {run} at [bold]http://{host}:{port}/[/] (Ctrl-C stops)")
-        try:
-            prepared = prepared_for_run(run, data)
-        except CamscopeError as e:  # the page works without test images; say why there are none
-            err.print(f"[yellow]no test images to pick: {e}[/]")
-            prepared = None
-        run_server(
-            run, prepared, host, port, device, int(max_mb * 2**20), int(max_megapixels * 1e6), report_path
-        )
-
-    _run(go)
-
-
-@app.command()
-def models():
-    """List the registered models with their default CAM layer."""
-    from camscope.models import registered
-
-    t = Table(title="models (any torchvision classification model name works too)")
-    for c in ("name", "CAM layer", "description"):
-        t.add_column(c)
-    for name, e in sorted(registered().items()):
-        t.add_row(name, e.cam_layer, e.description)
-    console.print(t)
-
-
-@app.command()
-def info(prepared: Annotated[Path, typer.Argument(help="prepared dataset file")]):
-    """Describe a prepared dataset: shape, classes, preprocessing, excluded items."""
-
-    def go():
-        from camscope.data.prepare import load_prepared
-
-        ds = load_prepared(prepared)
-        console.print(
-            f"{len(ds)} items, images {tuple(ds.images.shape)} uint8, "
-            f"masks: {'yes' if ds.masks is not None else 'no'}"
-        )
-        console.print("classes: " + ", ".join(f"{k} ({v})" for k, v in ds.class_counts().items()))
-        console.print("source: " + ds.info["source"]["description"])
-        console.print("preprocessing: " + json.dumps(ds.info["preprocessing"]))
-        console.print(f"dataset hash: {ds.info['dataset_hash']}")
-        for e in ds.info["excluded"]:
-            console.print(f"  left out {e['id']}: {e['reason']}")
-
-    _run(go)
-
-
-@app.command()
-def synth(
-    out: Annotated[Path, typer.Argument(help="folder to write the coins into")],
-    n: Annotated[int, typer.Option(help="number of coins")] = 200,
-    size: Annotated[int, typer.Option(help="pixels per side")] = 64,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    messy: Annotated[bool, typer.Option("--messy", help="plant data problems for the audit to find")] = False,
-):
-    """Write synthetic two-sided coins as JPEGs plus a CSV manifest (optionally with planted problems)."""
-
-    def go():
-        from camscope.data.messy import write_coin_dataset
-
-        manifest = write_coin_dataset(out, n=n, size=size, seed=seed, messy=messy)
-        console.print(f"wrote {n} coins to [bold]{out}[/]; manifest {manifest}")
-        console.print(
-            f"audit it: camscope audit {manifest} --pattern 'images/heads{{row:05d}}.jpg' "
-            f"--pattern 'images/tails{{row:05d}}.jpg' --label-from Obverse "
-            f"--label-regex 'Coin of (\\w+)' --out {out}/audit"
-        )
-
-    _run(go)
-
-
-@app.callback(invoke_without_command=True)
-def main(version: Annotated[bool, typer.Option("--version", help="print the version")] = False):
-    if version:
-        console.print(f"camscope {__version__}")
-        raise typer.Exit()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camscope.data.imageio import IMAGE_EXTS, ImageProblem, decode, fit
-from camscope.data.prepare import _combine, _to_array
+from camscope.data.imageio import IMAGE_EXTS, ImageProblem
+from camscope.data.prepare import prepare_encoded
 from camscope.errors import CamscopeError
 from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
-from camscope.train.checkpoint import load_model
+from camscope.runs import open_run
 from camscope.utils import unique_stems, write_rows_csv
 
 
@@ -57,27 +57,7 @@ def _prepare_one(files: list[Path], spec: dict) -> np.ndarray:
             blobs.append(f.read_bytes())
         except OSError as e:
             raise ImageProblem("missing_file", str(e)) from None
-    return prepare_blobs(blobs, spec)
-
-
-def prepare_blobs(blobs: list[bytes], spec: dict, max_pixels: int | None = None) -> np.ndarray:
-    """Encoded image bytes (one per side) -> the run's prepared uint8 C x H x W array."""
-    parts = []
-    for data in blobs:
-        kw = {} if max_pixels is None else {"max_pixels": max_pixels}
-        img = decode(data, draft=(spec["size"] * 2, spec["size"] * 2), **kw)
-        parts.append(_to_array(fit(img, spec["size"], spec["policy"]), spec["channels"]))
-    return _combine(parts, spec.get("combine", "side_by_side"))
-
-
-def prepared_spec(meta: dict) -> dict:
-    """How the run's images were prepared (size, policy, sides, channels), from its checkpoint."""
-    spec = (meta.get("preprocess") or {}).get("prepared")
-    if not spec:
-        raise CamscopeError(
-            "the run does not record how its images were prepared", "retrain it with this version"
-        )
-    return {**spec, "channels": meta["preprocess"]["channels"]}
+    return prepare_encoded(blobs, spec)
 
 
 def predict_paths(
@@ -91,8 +71,9 @@ def predict_paths(
     batch: int = 64,
     device: str = "cpu",
 ) -> dict:
-    model, meta, prep = load_model(run_dir, device)
-    spec = prepared_spec(meta)
+    run = open_run(run_dir, device=device, need_data=False)
+    model, meta, prep = run.model, run.meta, run.prep
+    spec = run.prepared_spec()
     sides = int(spec.get("sides", 1))
     items = collect_inputs(paths, image_cols)
     wrong = [(name, len(files)) for name, files in items if len(files) != sides]

@@ -69,6 +69,16 @@ BAD_FILE_KINDS = (
 )
 
 
+def excluded_items(report: dict, kinds) -> dict[str, str]:
+    """Item id -> why it is left out, for the items of the audit's findings of ``kinds``."""
+    out: dict[str, str] = {}
+    for p in report["problems"]:
+        if p["kind"] in kinds:
+            for i in p["item_ids"]:
+                out.setdefault(i, f"{p['kind']} (audit): {p['detail']}")
+    return out
+
+
 @dataclass
 class AuditConfig:
     near_duplicates: bool = True

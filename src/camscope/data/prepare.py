@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from camscope import __version__
-from camscope.data.imageio import ImageProblem, fit
+from camscope.data.imageio import ImageProblem, decode, fit
 from camscope.data.parallel import parallel_map, worker_source
 from camscope.data.sources import Source
 from camscope.errors import CamscopeError
@@ -102,6 +102,17 @@ def _combine(parts: list[np.ndarray], mode: str) -> np.ndarray:
     if len(parts) == 1:
         return parts[0]
     return np.concatenate(parts, axis=2 if mode == "side_by_side" else 0)
+
+
+def prepare_encoded(blobs: list[bytes], spec: dict, max_pixels: int | None = None) -> np.ndarray:
+    """Encoded image bytes (one per side) -> a uint8 C x H x W array prepared as ``spec`` says
+    (size, policy, channels, combine: a run's record of how its dataset was prepared)."""
+    parts = []
+    for data in blobs:
+        kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+        img = decode(data, draft=(spec["size"] * 2, spec["size"] * 2), **kw)
+        parts.append(_to_array(fit(img, spec["size"], spec["policy"]), spec["channels"]))
+    return _combine(parts, spec.get("combine", "side_by_side"))
 
 
 _CONFIG: PrepareConfig | None = None

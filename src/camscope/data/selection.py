@@ -17,6 +17,18 @@ class ClassSelection:
     def is_empty(self) -> bool:
         return not (self.names or self.top_k or self.ranks or self.min_count)
 
+    @classmethod
+    def from_text(
+        cls, names: str | None, top_k: int | None, ranks: str | None, min_count: int | None
+    ) -> ClassSelection:
+        """From the command line's forms: 'a,b' for names, '2,3' or '1-3' for ranks."""
+        return cls(
+            names=[c.strip() for c in names.split(",")] if names else None,
+            top_k=top_k,
+            ranks=parse_ranks(ranks) if ranks else None,
+            min_count=min_count,
+        )
+
 
 def ranked(counts: dict[str, int]) -> list[str]:
     """Class names from largest to smallest; ties broken by name so ranks are reproducible."""

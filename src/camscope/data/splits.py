@@ -48,6 +48,14 @@ class SplitConfig:
             raise CamscopeError(f"unknown dedupe mode {self.dedupe!r}", "use none, exact or near")
 
 
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """'0.7,0.15,0.15' -> (0.7, 0.15, 0.15); checked by ``SplitConfig.validate``."""
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise CamscopeError(f"cannot read fractions {text!r}", "write them like 0.7,0.15,0.15") from None
+
+
 @dataclass
 class SplitResult:
     rows: list[dict]  # id, label, split, group, dup_in_train, note

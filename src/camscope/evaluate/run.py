@@ -15,44 +15,42 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from camscope.evaluate.data import leak_flags, split_tensors
 from camscope.evaluate.metrics import classification_metrics
 from camscope.figures import displayable, grid, pyplot, save_png
 from camscope.models.inference import predict_logits
-from camscope.train.checkpoint import load_model
+from camscope.runs import Run
 from camscope.utils import atomic_write_text
 
 
 def evaluate_run(
-    run_dir: str | Path,
-    prepared: str | Path,
+    run: Run,
+    *,
     split: str = "test",
     tta: str | None = None,
-    out_dir: str | Path | None = None,
-    device: str = "cpu",
     bootstrap: int = 1000,
     gallery: int = 24,
+    out: str | Path | None = None,
 ) -> dict:
-    run = Path(run_dir)
-    out = Path(out_dir) if out_dir else run / "eval"
-    model, meta, prep = load_model(run, device)
-    classes = meta["classes"]
-    images, labels, ids = split_tensors(meta, prepared, run, split)
-    tta = tta or meta["preprocess"].get("tta") or "none"
+    """Metrics of ``run`` on ``split`` (and on its items with no duplicate in training), with
+    tables and figures in ``out`` (default RUN/eval)."""
+    out = run.out("eval", out)
+    classes = run.classes
+    images, labels, ids = run.split_tensors(split)
+    tta = tta or run.meta["preprocess"].get("tta") or "none"
     logits = predict_logits(
-        model,
+        run.model,
         images,
-        prep,
+        run.prep,
         batch_size=512,
         tta=tta,
-        device=device,
-        channels_last=torch.device(device).type == "cpu",
+        device=run.device,
+        channels_last=torch.device(run.device).type == "cpu",
     )
-    leaked = leak_flags(run, ids)
+    leaked = run.leak_flags(ids)
     result = {
         "split": split,
         "tta": tta,
-        "checkpoint": meta.get("best"),
+        "checkpoint": run.meta.get("best"),
         "all": classification_metrics(logits, labels, classes, bootstrap),
     }
     clean = ~leaked
@@ -67,7 +65,7 @@ def evaluate_run(
     _misclassified_png(out / "misclassified.png", images, labels, logits, classes, gallery)
     _write_predictions(out / "predictions.csv", ids, labels, logits, classes, leaked)
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=1))
-    return result
+    return {**result, "out": str(out)}
 
 
 def _write_tables(out: Path, result: dict, classes: list[str]) -> None:

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camscope.explain.engine import _select
 from camscope.explain.hooks import explaining
+from camscope.explain.outputs import select_output
 
 
 @dataclass
@@ -74,8 +74,8 @@ def deletion_insertion(
             top = rank[i] < (fractions[k] * h * w).round().view(-1, 1, 1, 1)  # pixels already moved
             deleted = torch.where(top, torch.zeros_like(x[i]), x[i]).contiguous(memory_format=fmt)
             inserted = torch.where(top, x[i], blurred[i]).contiguous(memory_format=fmt)
-            p_del = _select(model(deleted), output).softmax(1).gather(1, t[i, None])[:, 0]
-            p_ins = _select(model(inserted), output).softmax(1).gather(1, t[i, None])[:, 0]
+            p_del = select_output(model(deleted), output).softmax(1).gather(1, t[i, None])[:, 0]
+            p_ins = select_output(model(inserted), output).softmax(1).gather(1, t[i, None])[:, 0]
             dele[i, k] = p_del
             ins[i, k] = p_ins
     return Curves(fractions.cpu(), dele.cpu(), ins.cpu())
@@ -94,8 +94,8 @@ def average_drop_increase(
         m = F.interpolate(m[:, None].float(), size=x.shape[-2:], mode="bilinear")[:, 0]
     t = torch.as_tensor(targets, device=device).view(-1, 1)
     with explaining(model):
-        y = _select(model(x), output).softmax(1).gather(1, t)[:, 0]
-        o = _select(model(x * m[:, None]), output).softmax(1).gather(1, t)[:, 0]
+        y = select_output(model(x), output).softmax(1).gather(1, t)[:, 0]
+        o = select_output(model(x * m[:, None]), output).softmax(1).gather(1, t)[:, 0]
     return {
         "average_drop_pct": float(((y - o).clamp_min(0) / y.clamp_min(1e-12)).mean() * 100),
         "increase_pct": float((o > y).float().mean() * 100),

@@ -14,18 +14,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from camscope.data.prepare import load_prepared
-from camscope.evaluate.data import split_tensors
+from camscope.explain.engine import saliency_maps
 from camscope.explain.faithfulness import (
     average_drop_increase,
     deletion_insertion,
     energy_inside,
     pointing_game,
 )
-from camscope.explain.gallery import saliency_maps
+from camscope.explain.registry import lookup
 from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
-from camscope.train.checkpoint import load_model
+from camscope.runs import Run
 from camscope.utils import atomic_write_text, write_rows_csv
 
 
@@ -38,8 +37,7 @@ def smooth_noise(n: int, h: int, w: int, seed: int = 0, factor: int = 8) -> torc
     return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
 
 
-def _regions(prepared, ids: list[str]) -> torch.Tensor | None:
-    ds = load_prepared(prepared)
+def _regions(ds, ids: list[str]) -> torch.Tensor | None:
     if ds.masks is None:
         return None
     pos = {i: k for k, i in enumerate(ds.ids)}
@@ -47,24 +45,25 @@ def _regions(prepared, ids: list[str]) -> torch.Tensor | None:
 
 
 def faithfulness_run(
-    run_dir: str | Path,
-    prepared: str | Path,
+    run: Run,
+    *,
     methods: list[str] | tuple[str, ...] = ("gradcam",),
     n_images: int = 128,
     split: str = "test",
-    out_dir: str | Path | None = None,
-    device: str = "cpu",
     seed: int = 0,
+    out: str | Path | None = None,
 ) -> dict:
-    run = Path(run_dir)
-    out = Path(out_dir) if out_dir else run / "explain"
-    model, meta, prep = load_model(run, device)
-    images, labels, ids = split_tensors(meta, prepared, run, split)
+    """Deletion / insertion and the other faithfulness numbers of each method against a smooth
+    random map, on up to ``n_images`` of ``split``; in ``out`` (default RUN/explain)."""
+    methods = [lookup(m).key for m in methods]
+    out = run.out("explain", out)
+    model, prep, device = run.model, run.prep, run.device
+    images, labels, ids = run.split_tensors(split)
     k = min(n_images, len(images))
     sub = torch.linspace(0, len(images) - 1, k).round().long().unique()
     x = prep(images[sub].to(device))
     pred = predict_logits(model, images[sub], prep, batch_size=256, device=device).argmax(1)
-    regions = _regions(prepared, [ids[int(i)] for i in sub])
+    regions = _regions(run.dataset(), [ids[int(i)] for i in sub])
     random_maps = smooth_noise(len(sub), *x.shape[-2:], seed=seed)
     rows = []
     with make_progress() as progress:

@@ -10,57 +10,36 @@ import torch
 from safetensors.torch import save
 
 from camscope.errors import CamscopeError
-from camscope.evaluate.data import split_tensors
-from camscope.explain.engine import explain
+from camscope.explain.engine import saliency_maps
 from camscope.explain.overlay import overlay
+from camscope.explain.registry import lookup
 from camscope.figures import grid, save_png
 from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
-from camscope.train.checkpoint import load_model
+from camscope.runs import Run
 from camscope.utils import atomic_write_bytes, atomic_write_text, unique_stems
 
 
-def saliency_maps(model, x, method: str, targets, layers=None) -> torch.Tensor:
-    """(N, H, W) maps in [0, 1] for any method: the CAM family, guided backprop / Grad-CAM
-    (absolute gradient summed over channels) or occlusion (positive score drops)."""
-    from camscope.explain.engine import minmax
-
-    if method in ("guided_backprop", "guided_gradcam"):
-        from camscope.explain.guided import guided_backprop, guided_gradcam
-
-        g = (
-            guided_backprop(model, x, targets)
-            if method == "guided_backprop"
-            else guided_gradcam(model, x, targets, layers)
-        )
-        return minmax(g[:, 0].abs().sum(1))
-    if method == "occlusion":
-        from camscope.explain.occlusion import occlusion
-
-        h = x.shape[-2]
-        return minmax(
-            occlusion(model, x, targets, window=max(2, h // 8), stride=max(1, h // 16))[:, 0].clamp_min(0)
-        )
-    return explain(model, x, method, targets=targets, layers=layers).first()
-
-
-def cam_gallery(
-    run_dir: str | Path,
-    prepared: str | Path,
+def explain_run(
+    run: Run,
+    *,
     split: str = "test",
     method: str = "gradcam",
     layers: list[str] | None = None,
     per_class: int = 6,
     target: str = "pred",
-    out_dir: str | Path | None = None,
-    device: str = "cpu",
     batch: int = 64,
+    out: str | Path | None = None,
 ) -> dict:
-    run = Path(run_dir)
-    out = Path(out_dir) if out_dir else run / "explain"
-    model, meta, prep = load_model(run, device)
-    images, labels, ids = split_tensors(meta, prepared, run, split)
-    classes = meta["classes"]
+    """Per class, the most confident correct and wrong predictions of ``split`` with their maps
+    (``target``: explain the 'pred'icted or the 'true' class), in ``out`` (default RUN/explain)."""
+    if target not in ("pred", "true"):
+        raise CamscopeError(f"target {target!r} is not pred or true", "use --target pred or --target true")
+    method = lookup(method).key
+    out = run.out("explain", out)
+    model, prep, device = run.model, run.prep, run.device
+    images, labels, ids = run.split_tensors(split)
+    classes = run.classes
     logits = predict_logits(model, images, prep, batch_size=256, device=device)
     probs = logits.softmax(1)
     conf, pred = probs.max(1)

@@ -14,8 +14,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from camscope.explain.engine import _select, _targets, explain
+from camscope.explain.engine import explain, minmax
 from camscope.explain.hooks import explaining
+from camscope.explain.outputs import resolve_targets, select_output
 
 
 class _GuidedReLUFn(torch.autograd.Function):
@@ -55,8 +56,8 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, targets=None, output
     device = next(model.parameters()).device
     with explaining(model), guided_relus(model), torch.enable_grad():
         x = images.to(device).detach().requires_grad_(True)
-        logits = _select(model(x), output)
-        t = _targets(targets, logits)
+        logits = select_output(model(x), output)
+        t = resolve_targets(targets, logits)
         out = []
         for j in range(t.shape[1]):
             score = logits.gather(1, t[:, j : j + 1]).sum()
@@ -72,3 +73,12 @@ def guided_gradcam(
     cam = explain(model, images, "gradcam", targets=targets, layers=layers, output=output)
     gb = guided_backprop(model, images, cam.targets, output)
     return gb * cam.maps[:, :, None]
+
+
+def guided_backprop_map(model: nn.Module, x: torch.Tensor, targets, layers=None) -> torch.Tensor:
+    """(N, H, W) in [0, 1]: the absolute guided gradient of the first target, summed over channels."""
+    return minmax(guided_backprop(model, x, targets)[:, 0].abs().sum(1))
+
+
+def guided_gradcam_map(model: nn.Module, x: torch.Tensor, targets, layers=None) -> torch.Tensor:
+    return minmax(guided_gradcam(model, x, targets, layers)[:, 0].abs().sum(1))

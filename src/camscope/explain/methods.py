@@ -1,16 +1,15 @@
 """CAM methods: each turns (activations, gradients) of a layer into a map (N, h, w), raw.
 
 A channel-weight method is one function from (A, G) to weights (N, K); the map is then
-sum_k w_k A_k. Adding one is adding a few lines here and a row in ``METHODS``. Formulas follow
-the papers and, for parity, pytorch-grad-cam 1.5.7 (its epsilons included).
+sum_k w_k A_k. Adding one is adding a few lines here and a row in ``registry.METHODS``. Formulas
+follow the papers and, for parity, pytorch-grad-cam 1.5.7 (its epsilons included).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
+
+from camscope.explain.outputs import LayerInputs
 
 
 def gradcam_weights(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -63,43 +62,6 @@ def eigencam_map(a: torch.Tensor, sign_fix: bool = True) -> torch.Tensor:
     return proj.reshape(n, h, w).to(a.dtype)
 
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    needs_grad: bool
-    weights: Callable | None = None  # (A, G) -> (N, K)
-    spatial: Callable | None = None  # (A, G) -> (N, h, w)
-    kind: str = "gradient"  # gradient | eigen | score | ablation
-
-
-METHODS: dict[str, Method] = {
-    "gradcam": Method("Grad-CAM", True, weights=gradcam_weights),
-    "gradcam++": Method("Grad-CAM++", True, weights=gradcampp_weights),
-    "xgradcam": Method("XGrad-CAM", True, weights=xgradcam_weights),
-    "hirescam": Method("HiResCAM", True, spatial=hirescam_map),
-    "layercam": Method("LayerCAM", True, spatial=layercam_map),
-    "eigencam": Method("Eigen-CAM", False, kind="eigen"),
-    "scorecam": Method("Score-CAM", False, kind="score"),
-    "ablationcam": Method("Ablation-CAM", False, kind="ablation"),
-}
-ALIASES = {
-    "gradcampp": "gradcam++",
-    "grad-cam": "gradcam",
-    "score-cam": "scorecam",
-    "eigen-cam": "eigencam",
-    "ablation-cam": "ablationcam",
-    "layer-cam": "layercam",
-    "xgrad-cam": "xgradcam",
-}
-
-
-def method(name: str) -> Method:
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in METHODS:
-        from camscope.errors import CamscopeError
-
-        raise CamscopeError(
-            f"unknown CAM method {name!r}",
-            f"use one of {', '.join(METHODS)}, guided_backprop, guided_gradcam or occlusion",
-        )
-    return METHODS[key]
+def eigencam_raw(inp: LayerInputs) -> torch.Tensor:
+    """Eigen-CAM for the engine: the same map for every target."""
+    return eigencam_map(inp.acts, inp.eigen_sign_fix)[:, None].expand(-1, inp.targets.shape[1], -1, -1)

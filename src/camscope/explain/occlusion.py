@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from camscope.explain.engine import _select, _targets
+from camscope.explain.engine import minmax
 from camscope.explain.hooks import explaining
+from camscope.explain.outputs import resolve_targets, select_output
 
 
 @torch.no_grad()
@@ -30,8 +31,8 @@ def occlusion(
     x = images.to(device)
     n, _, h, w = x.shape
     with explaining(model):
-        logits = _select(model(x), output)
-        t = _targets(targets, logits)
+        logits = select_output(model(x), output)
+        t = resolve_targets(targets, logits)
         base = logits.gather(1, t)  # (n, T)
         ys = list(range(0, h - wh + 1, sh))
         xs = list(range(0, w - ww + 1, sw))
@@ -44,7 +45,15 @@ def occlusion(
         for s in range(0, len(jobs), batch):
             img, win = jobs[s : s + batch].unbind(1)
             m = masks[win][:, None]
-            out = _select(model(x[img] * (1 - m) + baseline * m), output)
+            out = select_output(model(x[img] * (1 - m) + baseline * m), output)
             drop = base[img] - out.gather(1, t[img])  # (b, T)
             total.index_add_(0, img, drop[:, :, None, None] * m)
     return total / count.clamp_min(1)
+
+
+def occlusion_map(model: nn.Module, x: torch.Tensor, targets, layers=None) -> torch.Tensor:
+    """(N, H, W) in [0, 1]: the positive score drops, windows of 1/8 of the side at a stride of 1/16."""
+    h = x.shape[-2]
+    return minmax(
+        occlusion(model, x, targets, window=max(2, h // 8), stride=max(1, h // 16))[:, 0].clamp_min(0)
+    )

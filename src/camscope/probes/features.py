@@ -14,58 +14,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camscope.data.prepare import load_prepared
-from camscope.data.splits import load_split
+from camscope.data.channels import to_channels
 from camscope.errors import CamscopeError
-from camscope.models.inference import Preprocess
 from camscope.probes.unseen import logits_and_features
-from camscope.train.checkpoint import load_model
-from camscope.train.trainer import to_channels
+from camscope.runs import Run
 from camscope.utils import atomic_write_bytes, atomic_write_text
 
 
-def _backbone(name: str, weights: str | None, channels: int):
-    from camscope.models.torchvision_models import build_torchvision
-
-    model, _, head = build_torchvision(name, 1000, channels, weights)
-    return model.eval(), head
-
-
-def extract(
-    prepared: str | Path,
-    run_dir: str | Path | None = None,
-    backbone: str | None = None,
-    weights: str | None = None,
-    device: str = "cpu",
-    batch: int = 256,
-) -> dict:
+def extract(run: Run, batch: int = 256) -> dict:
     """Features of every labelled item: (N, D) float32, with ids, class names and splits."""
-    ds = load_prepared(prepared)
-    if run_dir is not None:
-        model, meta, prep = load_model(run_dir, device)
-        head = meta.get("head") or "head"
-        channels = meta["preprocess"]["channels"]
-        split = load_split(run_dir)
-    elif backbone:
-        channels = ds.images.shape[1] if ds.images.shape[1] in (1, 3) else 3
-        model, head = _backbone(backbone, weights, channels)
-        model = model.to(device)
-        prep = Preprocess.from_images(
-            ds.images if ds.images.shape[1] == channels else to_channels(ds.images, 3)
-        )
-        split = {}
-    else:
-        raise CamscopeError("give a run folder or --backbone NAME", "e.g. camscope features RUN --data P")
+    ds = run.dataset()
+    split = run.split()
     keep = [i for i, lab in enumerate(ds.labels.tolist()) if lab >= 0]
     idx = torch.tensor(keep)
-    images = to_channels(ds.images[idx], channels)
-    _, feats = logits_and_features(model, images, prep, head, batch, device)
+    images = to_channels(ds.images[idx], run.channels)
+    _, feats = logits_and_features(run.model, images, run.prep, run.head, batch, run.device)
     return {
         "features": feats.numpy().astype(np.float32),
         "ids": [ds.ids[i] for i in keep],
         "labels": [ds.classes[int(ds.labels[i])] for i in keep],
         "splits": [split.get(ds.ids[i], "") for i in keep],
-        "model_classes": meta["classes"] if run_dir is not None else None,
+        "model_classes": run.classes,
     }
 
 
@@ -93,7 +62,7 @@ def probe_accuracy(feats: np.ndarray, labels: list[str], splits: list[str], know
     }
 
 
-def projections(
+def project(
     feats: np.ndarray,
     methods: tuple[str, ...] = ("pca", "tsne", "umap"),
     seed: int = 0,
@@ -125,19 +94,18 @@ def projections(
     return out
 
 
-def features_probe(
-    prepared: str | Path,
-    run_dir: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    backbone: str | None = None,
-    weights: str | None = None,
-    device: str = "cpu",
-    methods: tuple[str, ...] = ("pca", "tsne", "umap"),
+def features_run(
+    run: Run,
+    *,
+    projections: tuple[str, ...] = ("pca", "tsne", "umap"),
+    out: str | Path | None = None,
 ) -> dict:
-    if out_dir is None and run_dir is None:
+    """Penultimate-layer features of every labelled item, their 2-D ``projections`` and linear-probe
+    and kNN accuracy; in ``out`` (default RUN/probes/features; a backbone needs ``out``)."""
+    if out is None and run.dir is None:
         raise CamscopeError("--out is needed when no run is given", "add --out DIR for the features")
-    out = Path(out_dir) if out_dir else Path(run_dir) / "probes" / "features"
-    f = extract(prepared, run_dir, backbone, weights, device)
+    out = run.out("probes/features", out)
+    f = extract(run)
     known = set(f["model_classes"] or f["labels"])
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -150,14 +118,14 @@ def features_probe(
         w.writerow([i, uid, lab, sp, int(lab in known)])
     atomic_write_text(out / "features.csv", text.getvalue())
     probes = probe_accuracy(f["features"], f["labels"], f["splits"], known)
-    proj = projections(f["features"], methods)
+    proj = project(f["features"], projections)
     _plot(out / "projections.png", proj, f["labels"], known)
     result = {
         "n": len(f["ids"]),
         "dim": int(f["features"].shape[1]),
         "probes": probes,
         "projections": sorted(proj),
-        "source": str(run_dir or backbone),
+        "source": str(run.dir or run.meta["model"]["name"]),
     }
     atomic_write_text(out / "features.json", json.dumps(result, indent=1))
     return {**result, "out": str(out)}

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camscope.evaluate.data import split_tensors
 from camscope.explain.engine import explain
 from camscope.explain.overlay import overlay
 from camscope.figures import grid, save_png
 from camscope.probes.masking import MODES, Geometry, fill_values, mask, summarise, sweep
 from camscope.progress import make_progress
-from camscope.train.checkpoint import load_model
+from camscope.runs import Run
 from camscope.utils import atomic_write_text, write_rows_csv
 
 
@@ -88,36 +87,53 @@ def masking_answer(overall: list[dict], modes=MODES, tie: float = 0.02) -> dict:
     return answer
 
 
-def masking_probe(
-    run_dir: str | Path,
-    prepared: str | Path,
+def masking_table(overall: list[dict], cam: list[dict], modes=None) -> tuple[list[str], list[dict]]:
+    """(modes, rows): per mask size, each mode's accuracy and share of Grad-CAM energy on the
+    visible part (None where not measured). The command line and the report print it."""
+    modes = list(modes or sorted({r["mode"] for r in overall}))
+    acc = {(r["mode"], r["size"]): r["accuracy"] for r in overall}
+    vis = {(r["mode"], r["size"]): r["visible_energy_share"] for r in cam}
+    rows = [
+        {
+            "size": s,
+            "accuracy": {m: acc.get((m, s)) for m in modes},
+            "visible_energy_share": {m: vis.get((m, s)) for m in modes},
+        }
+        for s in sorted({r["size"] for r in overall})
+    ]
+    return modes, rows
+
+
+def mask_run(
+    run: Run,
+    *,
     split: str = "test",
     sizes: list[float] | None = None,
     modes: tuple[str, ...] = MODES,
     fill: str = "zero",
     shape: str = "disk",
-    out_dir: str | Path | None = None,
     cam_images: int = 128,
     show: int = 6,
-    device: str = "cpu",
     batch: int = 1024,
+    out: str | Path | None = None,
 ) -> dict:
-    run = Path(run_dir)
-    out = Path(out_dir) if out_dir else run / "probes" / "masking"
+    """Accuracy and confidence with the centre or the outer ring of each object hidden at growing
+    ``sizes`` (fractions of its radius), where the CAM goes, and the answer in numbers; in ``out``
+    (default RUN/probes/masking)."""
+    out = run.out("probes/masking", out)
     sizes = sizes or [round(0.1 * i, 1) for i in range(1, 10)]
     if 0.0 not in sizes:
         sizes = [0.0, *sizes]
-    model, meta, prep = load_model(run, device)
-    images, labels, ids = split_tensors(meta, prepared, run, split)
-    classes = meta["classes"]
-    geom = Geometry.from_prepared(meta["preprocess"].get("prepared"), images.shape[-2], images.shape[-1])
+    images, labels, _ = run.split_tensors(split)
+    classes = run.classes
+    geom = Geometry.from_prepared(run.meta["preprocess"].get("prepared"), images.shape[-2], images.shape[-1])
     with make_progress() as progress:
         task = progress.add_task("masking sweep", total=len(images))
         res = sweep(
-            model,
+            run.model,
             images,
             labels,
-            prep,
+            run.prep,
             geom,
             sizes,
             modes,
@@ -128,14 +144,36 @@ def masking_probe(
         )
     rows = summarise(res, classes)
     overall = [r for r in rows if r["class"] == "all"]
+    cam_rows, cam_maps = _cam_energy(run, images, labels, geom, sizes, modes, fill, shape, cam_images, show)
+    answer = masking_answer(overall, modes)
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows_csv(out / "masking.csv", rows)
+    write_rows_csv(out / "cam_visible_energy.csv", cam_rows)
+    summary = {
+        "fill": fill,
+        "shape": shape,
+        "split": split,
+        "n": len(images),
+        "sizes": sizes,
+        "overall": overall,
+        "cam": cam_rows,
+        "answer": answer,
+    }
+    atomic_write_text(out / "masking.json", json.dumps(summary, indent=1))
+    _curves_png(out / "masking_curves.png", rows, classes, modes)
+    _cam_shift_png(out / "cam_shift.png", cam_maps, modes, sizes, show)
+    return {"out": str(out), "answer": answer, "overall": overall, "cam": cam_rows}
 
-    # CAM energy on what stays visible, on a subset
-    k = min(cam_images, len(images))
+
+def _cam_energy(run: Run, images, labels, geom, sizes, modes, fill, shape, n_images, show):
+    """On a subset: the share of Grad-CAM energy on what stays visible, per mask; and the first
+    ``show`` maps of each mask for the figure."""
+    k = min(n_images, len(images))
     sub = torch.linspace(0, len(images) - 1, k).round().long().unique()
-    x0 = prep(images[sub].to(device))
+    x0 = run.prep(images[sub].to(run.device))
     mean_px = (
-        torch.tensor(prep.mean, device=x0.device)[None, :, None, None]
-        / torch.tensor(prep.std, device=x0.device)[None, :, None, None]
+        torch.tensor(run.prep.mean, device=x0.device)[None, :, None, None]
+        / torch.tensor(run.prep.std, device=x0.device)[None, :, None, None]
     )
     fills = fill_values(x0, fill, mean_px, torch.Generator().manual_seed(0))
     cam_rows, cam_maps = [], {}
@@ -143,7 +181,7 @@ def masking_probe(
         for size in sizes:
             m = mask(geom, mode, size, shape, x0.device)
             xm = x0 * (1 - m) + fills * m
-            cam = explain(model, xm, "gradcam", targets=labels[sub]).first()
+            cam = explain(run.model, xm, "gradcam", targets=labels[sub]).first()
             visible = (cam * (1 - m)).sum((1, 2)) / cam.sum((1, 2)).clamp_min(1e-12)
             cam_rows.append(
                 {
@@ -157,29 +195,7 @@ def masking_probe(
                 cam[:show].cpu(),
                 (images[sub[:show]].float() * (1 - m.cpu())).to(torch.uint8),
             )
-    answer = masking_answer(overall, modes)
-    out.mkdir(parents=True, exist_ok=True)
-    write_rows_csv(out / "masking.csv", rows)
-    write_rows_csv(out / "cam_visible_energy.csv", cam_rows)
-    atomic_write_text(
-        out / "masking.json",
-        json.dumps(
-            {
-                "fill": fill,
-                "shape": shape,
-                "split": split,
-                "n": len(images),
-                "sizes": sizes,
-                "overall": overall,
-                "cam": cam_rows,
-                "answer": answer,
-            },
-            indent=1,
-        ),
-    )
-    _curves_png(out / "masking_curves.png", rows, classes, modes)
-    _cam_shift_png(out / "cam_shift.png", cam_maps, modes, sizes, show)
-    return {"out": str(out), "answer": answer, "overall": overall, "cam": cam_rows}
+    return cam_rows, cam_maps
 
 
 def _curves_png(path: Path, rows: list[dict], classes: list[str], modes) -> None:

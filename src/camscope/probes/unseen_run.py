@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camscope.data.prepare import load_prepared
+from camscope.data.channels import to_channels
 from camscope.errors import CamscopeError
-from camscope.evaluate.data import split_tensors
-from camscope.explain.gallery import saliency_maps
+from camscope.explain.engine import saliency_maps
 from camscope.explain.overlay import overlay
 from camscope.figures import grid, save_png
 from camscope.probes.unseen import (
@@ -25,17 +24,14 @@ from camscope.probes.unseen import (
     logits_and_features,
     scores,
 )
-from camscope.train.checkpoint import load_model
-from camscope.train.trainer import to_channels
+from camscope.runs import Run
 from camscope.utils import atomic_write_text
 
 
-def unseen_images(
-    prepared, meta: dict, classes: list[str] | None
-) -> tuple[torch.Tensor, list[str], list[str]]:
+def unseen_images(run: Run, classes: list[str] | None) -> tuple[torch.Tensor, list[str], list[str]]:
     """uint8 images (run's channels), their true class names and ids, for classes outside the model."""
-    ds = load_prepared(prepared)
-    known = set(meta["classes"])
+    ds = run.dataset()
+    known = set(run.classes)
     wanted = set(classes) if classes else {c for c in ds.classes if c not in known}
     bad = wanted & known
     if bad:
@@ -53,30 +49,29 @@ def unseen_images(
         raise CamscopeError("no images of an unseen class", "prepare the dataset with those classes in it")
     t = torch.tensor(idx)
     return (
-        to_channels(ds.images[t], meta["preprocess"]["channels"]),
+        to_channels(ds.images[t], run.channels),
         [ds.classes[int(ds.labels[i])] for i in idx],
         [ds.ids[i] for i in idx],
     )
 
 
-def unseen_probe(
-    run_dir: str | Path,
-    prepared: str | Path,
+def unseen_run(
+    run: Run,
+    *,
     classes: list[str] | None = None,
-    out_dir: str | Path | None = None,
-    device: str = "cpu",
     max_train: int = 10000,
     gallery: int = 24,
     seed: int = 0,
+    out: str | Path | None = None,
 ) -> dict:
-    run = Path(run_dir)
-    out = Path(out_dir) if out_dir else run / "probes" / "unseen"
-    model, meta, prep = load_model(run, device)
-    head = meta.get("head") or "head"
-    names = meta["classes"]
-    u_images, u_true, u_ids = unseen_images(prepared, meta, classes)
-    in_images, _, _ = split_tensors(meta, prepared, run, "test")
-    tr_images, tr_labels, _ = split_tensors(meta, prepared, run, "train")
+    """What the model says about images of ``classes`` it never saw (default: every class of the
+    dataset outside the model), and how well OOD scores tell them from the test set; in ``out``
+    (default RUN/probes/unseen)."""
+    out = run.out("probes/unseen", out)
+    model, prep, device, head, names = run.model, run.prep, run.device, run.head, run.classes
+    u_images, u_true, u_ids = unseen_images(run, classes)
+    in_images, _, _ = run.split_tensors("test")
+    tr_images, tr_labels, _ = run.split_tensors("train")
     if len(tr_images) > max_train:
         pick = torch.randperm(len(tr_images), generator=torch.Generator().manual_seed(seed))[:max_train]
         tr_images, tr_labels = tr_images[pick], tr_labels[pick]
@@ -108,20 +103,7 @@ def unseen_probe(
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "unseen.json", json.dumps(result, indent=1))
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "true_class", "predicted", "confidence", *SCORES])
-    for i, uid in enumerate(u_ids):
-        w.writerow(
-            [
-                uid,
-                u_true[i],
-                names[int(pred[i])],
-                f"{float(conf[i]):.6f}",
-                *(f"{float(s_out[n][i]):.6f}" for n in SCORES),
-            ]
-        )
-    atomic_write_text(out / "unseen_predictions.csv", buf.getvalue())
+    _write_predictions(out / "unseen_predictions.csv", u_ids, u_true, names, pred, conf, s_out)
     _figures(out, conf.numpy(), i_logits.softmax(1).max(1).values.numpy(), s_in, s_out, separation)
     k = min(gallery, len(u_ids))
     order = conf.argsort(descending=True)[:k]
@@ -130,6 +112,23 @@ def unseen_probe(
     tiles = overlay(u_images[order], maps.cpu())
     save_png(grid(tiles, caps, cols=8, scale=max(1, 96 // tiles.shape[-2])), out / "gradcam_unseen.png")
     return {**result, "out": str(out)}
+
+
+def _write_predictions(path: Path, ids, true, names, pred, conf, s_out) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "true_class", "predicted", "confidence", *SCORES])
+    for i, uid in enumerate(ids):
+        w.writerow(
+            [
+                uid,
+                true[i],
+                names[int(pred[i])],
+                f"{float(conf[i]):.6f}",
+                *(f"{float(s_out[n][i]):.6f}" for n in SCORES),
+            ]
+        )
+    atomic_write_text(path, buf.getvalue())
 
 
 def _figures(out: Path, conf_u, conf_in, s_in, s_out, separation) -> None:

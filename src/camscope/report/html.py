@@ -99,7 +99,9 @@ def _experiment_view(root: Path, e: dict) -> tuple[dict, list[dict]]:
     sp = e.get("split")
     if sp and "counts" in sp:
         classes = sorted({c for k in ("train", "val", "test") for c in sp["counts"].get(k, {}) if c})
-        v["split_rows"] = [[c, *(sp["counts"].get(k, {}).get(c, 0) for k in ("train", "val", "test"))] for c in classes]
+        v["split_rows"] = [
+            [c, *(sp["counts"].get(k, {}).get(c, 0) for k in ("train", "val", "test"))] for c in classes
+        ]
         unseen = sorted(sp["counts"].get("unseen", {}).items(), key=lambda kv: -kv[1])
         if unseen:
             v["unseen_line"] = (

@@ -24,16 +24,16 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from camscope.data.imageio import ImageProblem
+from camscope.data.prepare import prepare_encoded
 from camscope.errors import CamscopeError
-from camscope.explain.gallery import saliency_maps
-from camscope.explain.methods import METHODS
+from camscope.explain.engine import saliency_maps
 from camscope.explain.overlay import overlay
+from camscope.explain.registry import names
 from camscope.figures import displayable
-from camscope.predict import prepare_blobs, prepared_spec
-from camscope.train.checkpoint import load_model
+from camscope.runs import open_run
 
 STATIC = Path(__file__).parent / "static"
-PAGE_METHODS = [*METHODS, "guided_gradcam", "occlusion"]
+PAGE_METHODS = names()
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -53,10 +53,11 @@ class Explainer:
     """The run's model and preparation, and one explanation at a time."""
 
     def __init__(self, run_dir: Path, prepared: Path | None, device: str, max_pixels: int):
-        self.run = run_dir
-        self.model, self.meta, self.prep = load_model(run_dir, device)
+        run = open_run(run_dir, prepared, device, need_data=False)
+        self.run = run.dir
+        self.model, self.meta, self.prep = run.model, run.meta, run.prep
         self.device = device
-        self.spec = prepared_spec(self.meta)
+        self.spec = run.prepared_spec()
         self.sides = int(self.spec.get("sides", 1))
         self.classes: list[str] = self.meta["classes"]
         self.default_layer = self.meta.get("cam_layer")
@@ -67,11 +68,7 @@ class Explainer:
         self.test_images = self.test_labels = None
         self.test_ids: list[str] = []
         if prepared is not None:
-            from camscope.evaluate.data import split_tensors
-
-            self.test_images, self.test_labels, self.test_ids = split_tensors(
-                self.meta, prepared, run_dir, "test"
-            )
+            self.test_images, self.test_labels, self.test_ids = run.split_tensors("test")
 
     def prepare(self, blobs: list[bytes]) -> torch.Tensor:
         if len(blobs) != self.sides:
@@ -79,7 +76,7 @@ class Explainer:
                 422, f"this model takes {self.sides} image(s) per object (one per side); got {len(blobs)}"
             )
         try:
-            arr = prepare_blobs(blobs, self.spec, self.max_pixels)
+            arr = prepare_encoded(blobs, self.spec, self.max_pixels)
         except ImageProblem as e:
             code = 413 if e.kind == "too_large" else 415
             raise HTTPException(code, f"not accepted: {e.kind}: {e.detail}") from None

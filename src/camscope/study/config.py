@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from camscope.data.audit import BAD_FILE_KINDS, PROBLEM_KINDS
 from camscope.data.spec import SourceSpec
 from camscope.errors import CamscopeError
+from camscope.explain.registry import lookup
 from camscope.train.config import TrainConfig
 
 
@@ -110,6 +111,16 @@ class ExplainSection(_Strict):
     methods: list[str] = Field(default_factory=lambda: ["gradcam"])
     per_class: int = 6
     faithfulness_images: int = 128
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        for name in v:  # refused before anything runs, not after training
+            try:
+                lookup(name)
+            except CamscopeError as e:
+                raise ValueError(f"{e.message}; {e.hint}") from None
+        return v
 
 
 class FeaturesSection(_Strict):

@@ -281,15 +281,10 @@ class StudyRun:
         return {"problem_counts": report["problem_counts"], "n_items": report["n_items"]}
 
     def _prepare(self, overrides: dict | None = None) -> dict:
-        from camscope.data.audit import load_audit
+        from camscope.data.audit import excluded_items, load_audit
         from camscope.data.prepare import prepare, save_prepared
 
-        drop = set(self.study.clean.drop)
-        exclude: dict[str, str] = {}
-        for p in load_audit(self.audit_path)["problems"]:
-            if p["kind"] in drop:
-                for i in p["item_ids"]:
-                    exclude.setdefault(i, f"{p['kind']} (audit): {p['detail']}")
+        exclude = excluded_items(load_audit(self.audit_path), set(self.study.clean.drop))
         ds = prepare(self.open_source(), self.prepare_config(overrides), exclude)
         save_prepared(ds, self.prepared_path(overrides))
         self.console.print(
@@ -461,61 +456,51 @@ class StudyRun:
         study.optimize(objective, n_trials=search.trials)
         return cands
 
-    def _eval_target(self, exp: Experiment) -> tuple[Path, Path]:
+    def _open(self, exp: Experiment):
+        """The experiment's selected candidate, opened for analysis."""
+        from camscope.runs import open_run
+
         sel = self.selection(exp)
-        return Path(sel["run_dir"]), Path(sel["prepared"])
+        return open_run(sel["run_dir"], sel["prepared"], self.study.device)
 
     def _evaluate(self, exp: Experiment) -> dict:
         from camscope.evaluate.run import evaluate_run
 
-        run, prepared = self._eval_target(exp)
-        res = evaluate_run(run, prepared, "test", exp.tta, None, self.study.device, exp.bootstrap)
+        res = evaluate_run(self._open(exp), tta=exp.tta, bootstrap=exp.bootstrap)
         a = res["all"]
+        ci = a.get("ci", {}).get("accuracy")
         self.console.print(
-            f"test accuracy {a['accuracy']:.4f} "
-            f"(95% CI {a['ci']['accuracy'][0]:.4f}-{a['ci']['accuracy'][1]:.4f})"
-            if a.get("ci")
-            else f"test accuracy {a['accuracy']:.4f}"
+            f"test accuracy {a['accuracy']:.4f}" + (f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")
         )
         return {"accuracy": a["accuracy"], "macro_f1": a["macro"]["f1"], "n": a["n"]}
 
     def _explain(self, exp: Experiment) -> dict:
-        from camscope.explain.gallery import cam_gallery
+        from camscope.explain.gallery import explain_run
 
-        run, prepared = self._eval_target(exp)
+        run = self._open(exp)
         files = []
         for method in exp.explain.methods:
-            res = cam_gallery(
-                run, prepared, "test", method, None, exp.explain.per_class, "pred", None, self.study.device
-            )
-            files += res["files"]
+            files += explain_run(run, method=method, per_class=exp.explain.per_class)["files"]
         return {"galleries": len(files)}
 
     def _faithfulness(self, exp: Experiment) -> dict:
         from camscope.explain.faithfulness_run import faithfulness_run
 
-        run, prepared = self._eval_target(exp)
-        res = faithfulness_run(
-            run, prepared, exp.explain.methods, exp.explain.faithfulness_images, device=self.study.device
-        )
+        e = exp.explain
+        res = faithfulness_run(self._open(exp), methods=e.methods, n_images=e.faithfulness_images)
         return {r["method"]: round(r["insertion_auc"] - r["deletion_auc"], 4) for r in res["methods"]}
 
     def _mask(self, exp: Experiment) -> dict:
-        from camscope.probes.mask_run import masking_probe
+        from camscope.probes.mask_run import mask_run
 
-        run, prepared = self._eval_target(exp)
         m = exp.mask
-        res = masking_probe(
-            run,
-            prepared,
-            "test",
-            list(m.sizes),
-            tuple(m.modes),
-            m.fill,
-            m.shape,
-            None,
-            m.cam_images,
-            device=self.study.device,
+        res = mask_run(
+            self._open(exp),
+            sizes=list(m.sizes),
+            modes=tuple(m.modes),
+            fill=m.fill,
+            shape=m.shape,
+            cam_images=m.cam_images,
         )
         if "verdict" in res["answer"]:
             self.console.print(res["answer"]["verdict"])
@@ -524,9 +509,8 @@ class StudyRun:
     def _unseen(self, exp: Experiment) -> dict:
         from camscope.data.prepare import load_prepared
         from camscope.data.selection import ranked
-        from camscope.probes.unseen_run import unseen_probe
+        from camscope.probes.unseen_run import unseen_run
 
-        run, prepared = self._eval_target(exp)
         classes = exp.unseen.names
         if exp.unseen.ranks:
             order = ranked(load_prepared(self.prepared_path()).class_counts())
@@ -536,7 +520,7 @@ class StudyRun:
                     f"unseen.ranks {bad} out of range", f"the dataset has {len(order)} classes"
                 )
             classes = [order[r - 1] for r in exp.unseen.ranks]
-        res = unseen_probe(run, prepared, classes, device=self.study.device)
+        res = unseen_run(self._open(exp), classes=classes)
         self.console.print(
             f"{res['n_unseen']} images of {', '.join(res['unseen_classes'])}: labelled "
             + ", ".join(f"{k} {v}" for k, v in res["label_distribution"].items())
@@ -547,12 +531,9 @@ class StudyRun:
         }
 
     def _features(self, exp: Experiment) -> dict:
-        from camscope.probes.features import features_probe
+        from camscope.probes.features import features_run
 
-        run, prepared = self._eval_target(exp)
-        res = features_probe(
-            prepared, run, None, device=self.study.device, methods=tuple(exp.features.projections)
-        )
+        res = features_run(self._open(exp), projections=tuple(exp.features.projections))
         return {"n": res["n"], "dim": res["dim"], **res["probes"]}
 
     def _report(self) -> dict:

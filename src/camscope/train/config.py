@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -111,6 +112,36 @@ class TrainConfig(BaseModel):
         if not 0 <= v < 1:
             raise ValueError("must be in [0, 1)")
         return v
+
+
+def parse_model_args(items: list[str] | None) -> dict | None:
+    """['widths=[32,64,64]', 'name=x'] -> {'widths': [32, 64, 64], 'name': 'x'} (JSON values)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CamscopeError(
+                f"cannot read --model-arg {item!r}", "write key=value, e.g. widths=[32,64,64]"
+            )
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out or None
+
+
+def parse_resize(items: list[str] | None) -> list[tuple[float, int]] | None:
+    """['0.4:24'] -> [(0.4, 24)]: progressive resizing, checked by ``TrainConfig``."""
+    out = []
+    for item in items or []:
+        try:
+            frac, side = item.split(":")
+            out.append((float(frac), int(side)))
+        except ValueError:
+            raise CamscopeError(
+                f"cannot read --resize {item!r}", "write FRACTION:SIDE, e.g. --resize 0.4:24"
+            ) from None
+    return out or None
 
 
 def make_config(model: str = "fastnet", use_recipe: bool = True, **options) -> TrainConfig:

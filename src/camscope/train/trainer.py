@@ -20,14 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from camscope import __version__
+from camscope.data.channels import to_channels
 from camscope.data.prepare import PreparedDataset, dataset_hash
 from camscope.errors import CamscopeError
 from camscope.folders import run_folder
 from camscope.models import build_model
+from camscope.models.checkpoint import load_checkpoint, optimizer_state, save_checkpoint
 from camscope.models.inference import Preprocess, predict_logits
 from camscope.progress import make_progress
 from camscope.train import augment
-from camscope.train.checkpoint import load_checkpoint, optimizer_state, save_checkpoint
 from camscope.train.config import TrainConfig
 from camscope.train.distributed import DistInfo, any_true, barrier, init_distributed, shutdown, sync_buffers
 from camscope.train.runlog import RunLog, plot_learning_curve
@@ -53,21 +54,6 @@ class TrainData:
     prepare_info: dict = field(default_factory=dict)
     # where the prepared file lies, so later commands can find it without --data
     dataset_path: str | None = None
-
-
-def to_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor:
-    """uint8 images with ``channels`` channels: RGB -> luminance (ITU-R 601), or gray repeated."""
-    if channels is None or images.shape[1] == channels:
-        return images
-    if channels == 1 and images.shape[1] == 3:
-        w = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
-        return (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    if channels == 3 and images.shape[1] == 1:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    raise CamscopeError(
-        f"cannot convert {images.shape[1]}-channel images to {channels} channels",
-        "prepare the dataset with --channels 1 or 3 and without --combine channels",
-    )
 
 
 def select_data(ds: PreparedDataset, split: dict[str, str], channels: int | None = None) -> TrainData:
