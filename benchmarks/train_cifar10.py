@@ -64,7 +64,8 @@ def row_camscope(
 ) -> dict:
     from camscope.models.inference import predict_logits
     from camscope.train.config import make_config
-    from camscope.train.trainer import select_data, train
+    from camscope.train.data import select_data
+    from camscope.train.trainer import train
 
     split = given_split(ds)
     if val_fraction:

@@ -107,14 +107,16 @@ def test_masked_training_augmentation_hides_the_drawn_region(tmp_path):
     from camscope.geometry import Geometry, distance_map, mask
     from camscope.train import augment
     from camscope.train.config import make_config
-    from camscope.train.trainer import TrainData, train
+    from camscope.train.data import TrainData
+    from camscope.train.trainer import train
 
     g = torch.Generator().manual_seed(0)
-    p = augment.draw(64, torch.arange(64), (16, 32), 0, g, 0, mask_prob=0.5, mask_max=0.8)
+    aug = augment.Augment(mask_prob=0.5, mask_max=0.8)
+    p = aug.draw(torch.arange(64), (16, 32), 0, g, 0)
     assert 0.25 < p.mask_on.float().mean() < 0.75 and p.mask_size.max() <= 0.8
     geom = Geometry(16, 32, sides=2)
     x = torch.ones(64, 3, 16, 32)
-    out = augment.apply(x, p, distance=distance_map(geom), fill=torch.full((1, 3, 1, 1), -1.0))
+    out = aug.apply(x, p, distance=distance_map(geom), fill=torch.full((1, 3, 1, 1), -1.0))
     for i in range(64):
         expected = torch.zeros(16, 32)
         if p.mask_on[i]:

@@ -22,8 +22,9 @@ from camscope.models import build_model, registered
 from camscope.models.checkpoint import load_checkpoint, save_checkpoint
 from camscope.train import augment
 from camscope.train.config import make_config
+from camscope.train.data import TrainData, select_data
 from camscope.train.schedules import lr_multiplier
-from camscope.train.trainer import NonFiniteLoss, TrainData, select_data, train
+from camscope.train.trainer import NonFiniteLoss, train
 from tests.helpers import synthetic_prepared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,9 +153,11 @@ def test_flip_cutout_and_alternation():
 
 
 def test_draw_is_reproducible_and_sliceable():
+    aug = augment.Augment(translate=2, flip="random", cutout=3, mask_prob=0.5)
+
     def d():
         g = torch.Generator().manual_seed(3)
-        return augment.draw(10, torch.arange(10), (8, 8), 0, g, 0, 2, "random", 3, mask_prob=0.5)
+        return aug.draw(torch.arange(10), (8, 8), 0, g, 0)
 
     a, b = d(), d()
     assert all(torch.equal(u, v) for u, v in zip(vars(a).values(), vars(b).values(), strict=True))
@@ -162,8 +165,8 @@ def test_draw_is_reproducible_and_sliceable():
     part = a.take(slice(1, None, 2))
     assert torch.equal(part.dx, a.dx[1::2])
     x = torch.rand(10, 3, 8, 8)
-    full = augment.apply(x, a, 2, 3)
-    assert torch.equal(augment.apply(x[1::2], part, 2, 3), full[1::2])
+    full = aug.apply(x, a)
+    assert torch.equal(aug.apply(x[1::2], part), full[1::2])
 
 
 # --- schedules --------------------------------------------------------------------------------

@@ -30,67 +30,73 @@ class AugmentParams:
         return AugmentParams(*(None if t is None else t[sel] for t in astuple(self)))
 
 
-def draw(
-    n: int,
-    index: torch.Tensor,
-    size: tuple[int, int],
-    epoch: int,
-    gen: torch.Generator,
-    seed: int,
-    translate_px: int = 0,
-    flip_mode: str = "none",
-    cutout_px: int = 0,
-    mask_prob: float = 0.0,
-    mask_max: float = 0.7,
-) -> AugmentParams:
-    """Draw every random number of one batch's augmentation, in a fixed order."""
-    p = AugmentParams()
-    if flip_mode == "random":
-        p.flip = torch.rand(n, generator=gen) < 0.5
-    elif flip_mode == "alternating":
-        p.flip = alternating_flip_mask(index, epoch, seed)
-    elif flip_mode != "none":
-        raise ValueError(f"unknown flip mode {flip_mode!r}")
-    if translate_px > 0:
-        p.dy = torch.randint(0, 2 * translate_px + 1, (n,), generator=gen)
-        p.dx = torch.randint(0, 2 * translate_px + 1, (n,), generator=gen)
-    if cutout_px > 0:
-        p.cy = torch.randint(0, size[0], (n,), generator=gen)
-        p.cx = torch.randint(0, size[1], (n,), generator=gen)
-    if mask_prob > 0:
-        p.mask_on = torch.rand(n, generator=gen) < mask_prob
-        p.mask_outer = torch.rand(n, generator=gen) < 0.5
-        p.mask_size = torch.rand(n, generator=gen) * mask_max
-    return p
+@dataclass(frozen=True)
+class Augment:
+    """The augmentation of training batches; every part is off by default."""
 
+    translate: int = 0  # pixels of random shift, reflect padding
+    flip: str = "none"  # none | random | alternating
+    cutout: int = 0  # side of the zeroed square in pixels
+    mask_prob: float = 0.0  # share of images whose centre or outer ring is hidden
+    mask_max: float = 0.7  # largest mask, as a fraction of the object's radius
 
-def apply(
-    x: torch.Tensor,
-    p: AugmentParams,
-    translate_px: int = 0,
-    cutout_px: int = 0,
-    distance: torch.Tensor | None = None,
-    fill: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Apply the drawn augmentation: object masks (on the untouched geometry), flip, translate,
-    cutout. ``distance`` is the (H, W) distance from the object's centre in object radii and
-    ``fill`` the (1, C, 1, 1) value of hidden pixels."""
-    dev = x.device
-    if p.mask_on is not None and distance is not None:
-        d = distance[None].to(dev)
-        s = p.mask_size.to(dev)[:, None, None]
-        outer = p.mask_outer.to(dev)[:, None, None]
-        hide = (
-            torch.where(outer, (d >= 1 - s) & (d <= 1) & (s > 0), d <= s) & p.mask_on.to(dev)[:, None, None]
-        )
-        x = torch.where(hide[:, None], fill.to(dev) if fill is not None else torch.zeros((), device=dev), x)
-    if p.flip is not None:
-        x = flip(x, p.flip.to(dev))
-    if p.dy is not None:
-        x = translate(x, translate_px, p.dy.to(dev), p.dx.to(dev))
-    if p.cy is not None:
-        x = cutout(x, cutout_px, p.cy.to(dev), p.cx.to(dev))
-    return x
+    @classmethod
+    def from_config(cls, cfg) -> Augment:
+        return cls(cfg.translate, cfg.flip, cfg.cutout, cfg.mask_prob, cfg.mask_max)
+
+    def draw(
+        self, index: torch.Tensor, size: tuple[int, int], epoch: int, gen: torch.Generator, seed: int
+    ) -> AugmentParams:
+        """Draw every random number of one global batch (``index``: its items), in a fixed order."""
+        n = len(index)
+        p = AugmentParams()
+        if self.flip == "random":
+            p.flip = torch.rand(n, generator=gen) < 0.5
+        elif self.flip == "alternating":
+            p.flip = alternating_flip_mask(index, epoch, seed)
+        elif self.flip != "none":
+            raise ValueError(f"unknown flip mode {self.flip!r}")
+        if self.translate > 0:
+            p.dy = torch.randint(0, 2 * self.translate + 1, (n,), generator=gen)
+            p.dx = torch.randint(0, 2 * self.translate + 1, (n,), generator=gen)
+        if self.cutout > 0:
+            p.cy = torch.randint(0, size[0], (n,), generator=gen)
+            p.cx = torch.randint(0, size[1], (n,), generator=gen)
+        if self.mask_prob > 0:
+            p.mask_on = torch.rand(n, generator=gen) < self.mask_prob
+            p.mask_outer = torch.rand(n, generator=gen) < 0.5
+            p.mask_size = torch.rand(n, generator=gen) * self.mask_max
+        return p
+
+    def apply(
+        self,
+        x: torch.Tensor,
+        p: AugmentParams,
+        distance: torch.Tensor | None = None,
+        fill: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Apply the drawn augmentation: object masks (on the untouched geometry), flip, translate,
+        cutout. ``distance`` is the (H, W) distance from the object's centre in object radii and
+        ``fill`` the (1, C, 1, 1) value of hidden pixels."""
+        dev = x.device
+        if p.mask_on is not None and distance is not None:
+            d = distance[None].to(dev)
+            s = p.mask_size.to(dev)[:, None, None]
+            outer = p.mask_outer.to(dev)[:, None, None]
+            hide = (
+                torch.where(outer, (d >= 1 - s) & (d <= 1) & (s > 0), d <= s)
+                & p.mask_on.to(dev)[:, None, None]
+            )
+            x = torch.where(
+                hide[:, None], fill.to(dev) if fill is not None else torch.zeros((), device=dev), x
+            )
+        if p.flip is not None:
+            x = flip(x, p.flip.to(dev))
+        if p.dy is not None:
+            x = translate(x, self.translate, p.dy.to(dev), p.dx.to(dev))
+        if p.cy is not None:
+            x = cutout(x, self.cutout, p.cy.to(dev), p.cx.to(dev))
+        return x
 
 
 def translate(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:

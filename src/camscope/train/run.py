@@ -9,8 +9,9 @@ from camscope.data.prepare import load_prepared
 from camscope.data.splits import SplitConfig, load_split, make_split, write_split
 from camscope.folders import run_folder
 from camscope.train.config import TrainConfig
+from camscope.train.data import select_data
 from camscope.train.distributed import is_main_process
-from camscope.train.trainer import TrainResult, select_data, train
+from camscope.train.trainer import TrainResult, train
 
 
 def train_from_files(
