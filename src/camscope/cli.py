@@ -280,18 +280,23 @@ def split(
         console.print("[yellow]no --audit given: duplicates were not kept together[/]")
 
 
+RESIZE_HELP = (
+    "progressive resizing FRACTION:SIDE, repeatable: 0.4:24 trains the first 40 percent of the "
+    "steps at a 24-px short side, then at full size"
+)
+
+
 @app.command()
 @cli_errors
 def train(
     prepared: Annotated[Path, typer.Argument(help="prepared dataset file")],
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder (checkpoints, metrics, split)")],
     split_path: Annotated[
-        Path | None, typer.Option("--split", help="split.csv (default: RUN/split.csv, made if missing)")
+        Path | None, typer.Option("--split", help="split.csv (default: RUN/split.csv)")
     ] = None,
     model: Annotated[str, typer.Option(help="model name: camscope models lists them")] = "fastnet",
     model_arg: Annotated[
-        list[str] | None,
-        typer.Option("--model-arg", help="model argument key=value (JSON value), repeatable"),
+        list[str] | None, typer.Option("--model-arg", help="key=JSON value, repeatable")
     ] = None,
     weights: Annotated[str | None, typer.Option(help="pretrained weights file (torchvision models)")] = None,
     finetune: Annotated[str | None, typer.Option(help="full | head | head_then_full")] = None,
@@ -310,22 +315,12 @@ def train(
     lookahead: Annotated[bool | None, typer.Option("--lookahead/--no-lookahead", help="lookahead")] = None,
     translate: Annotated[int | None, typer.Option(help="random translation in pixels (0: off)")] = None,
     flip: Annotated[
-        str | None, typer.Option(help="none | random | alternating (none where orientation matters)")
+        str | None, typer.Option(help="none | random | alternating (none for coins, text)")
     ] = None,
     cutout: Annotated[int | None, typer.Option(help="cutout square side in pixels (0: off)")] = None,
-    resize: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="progressive resizing FRACTION:SIDE, repeatable: 0.4:24 trains the first 40 percent of the "
-            "steps at a 24-px short side, then at full size"
-        ),
-    ] = None,
-    mask_prob: Annotated[
-        float | None, typer.Option(help="masked training: share of images with centre or rim hidden")
-    ] = None,
-    mask_max: Annotated[
-        float | None, typer.Option(help="largest training mask (fraction of the radius)")
-    ] = None,
+    resize: Annotated[list[str] | None, typer.Option(help=RESIZE_HELP)] = None,
+    mask_prob: Annotated[float | None, typer.Option(help="share of images with centre or rim hidden")] = None,
+    mask_max: Annotated[float | None, typer.Option(help="largest training mask (share of radius)")] = None,
     tta: Annotated[str | None, typer.Option(help="validation TTA: none | flip | flip_translate")] = None,
     channels: Annotated[int | None, typer.Option(help="train on 1 (gray) or 3 (RGB) channels")] = None,
     monitor: Annotated[str | None, typer.Option(help="val_acc | val_loss | val_macro_f1")] = None,
@@ -334,17 +329,11 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:1")] = None,
     amp: Annotated[str | None, typer.Option(help="auto | none | bf16 | fp16 (GPU only)")] = None,
     checkpoint_every_steps: Annotated[int | None, typer.Option(help="also checkpoint every N steps")] = None,
-    max_minutes: Annotated[
-        float | None, typer.Option(help="stop training after this many minutes (the last epoch is evaluated)")
-    ] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="stop training after this many minutes")] = None,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="log to RUN/tensorboard")] = False,
     mlflow_uri: Annotated[str | None, typer.Option("--mlflow-uri", help="log to this MLflow server")] = None,
-    no_recipe: Annotated[
-        bool, typer.Option("--no-recipe", help="ignore the model's recipe defaults")
-    ] = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")
-    ] = False,
+    no_recipe: Annotated[bool, typer.Option("--no-recipe", help="ignore the model's recipe")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
 ):
     """Train a model on a prepared dataset and split (checkpoints, metrics, learning curve in --out).
 

@@ -26,26 +26,26 @@ from camscope.data.sources import Problem, Source
 from camscope.utils import atomic_write_text
 
 PROBLEM_KINDS = {
-    "zero_byte": "file is empty",
-    "not_an_image": "file is not an image",
-    "truncated": "file is cut short",
+    "zero_byte": "empty file",
+    "not_an_image": "file is not an image (content sniffed)",
+    "truncated": "image data ends early",
     "unreadable": "image cannot be decoded",
-    "too_large": "header claims too many pixels",
-    "missing_file": "referenced file does not exist",
-    "missing_side": "object lacks one of its sides",
-    "path_outside_root": "path leaves the data root",
+    "too_large": "header claims more pixels than allowed",
+    "missing_file": "a listed file does not exist",
+    "missing_side": "a two-sided item lacks one side",
+    "path_outside_root": "path points outside the data folder",
     "missing_label": "label missing or empty",
-    "unparsed_label": "label text does not match the rule",
-    "duplicate_id": "id used twice",
+    "unparsed_label": "the label rule does not match the text",
+    "duplicate_id": "the same id twice",
     "missing_id": "id empty",
     "exact_duplicate": "byte-identical files",
-    "near_duplicate": "near-identical images",
-    "conflicting_labels": "duplicates with different labels",
-    "same_image_both_sides": "both sides show the same picture",
-    "odd_size": "size far from the rest",
-    "odd_aspect": "aspect ratio far from the rest",
-    "grayscale_in_color": "grayscale image in a colour set",
-    "class_imbalance": "classes of very different sizes",
+    "near_duplicate": "the same picture re-encoded, resized or slightly shifted",
+    "conflicting_labels": "duplicates that carry different labels",
+    "same_image_both_sides": "both sides are the same picture",
+    "odd_size": "far from the median size",
+    "odd_aspect": "far from the median aspect ratio (e.g. composites)",
+    "grayscale_in_color": "grayscale image in a colour dataset",
+    "class_imbalance": "largest class far bigger than the smallest",
     "small_class": "class with very few items",
     "single_class": "only one class",
     "empty_class": "class folder without images",
@@ -151,210 +151,16 @@ def _groups_of(values: dict[str, str]) -> list[list[str]]:
 
 def audit(source: Source, config: AuditConfig | None = None) -> dict:
     """Audit ``source`` and return the report (the content of audit.json)."""
-    config = config or AuditConfig()
-    t0 = time.perf_counter()
-    problems: list[Problem] = list(source.problems)
-    side_of: dict[str, tuple[int, int]] = {}
-    for i, item in enumerate(source.items):
-        for s, side in enumerate(item.sides):
-            if side.key is not None and side.key not in side_of:
-                side_of[side.key] = (i, s)
-    keys = list(side_of)
-    records: dict[str, ImageRecord] = {}
-    for batch in parallel_map(source, _scan_chunk, keys, config.workers, config.chunk, "auditing images"):
-        for rec in batch:
-            records[rec.key] = rec
-    t_scan = time.perf_counter() - t0
-
-    def disp(key: str) -> str:
-        i, s = side_of[key]
-        return source.items[i].sides[s].display
-
-    def item_id(key: str) -> str:
-        return source.items[side_of[key][0]].id
-
-    for rec in records.values():
-        if rec.problem:
-            kind, detail = rec.problem
-            problems.append(Problem(kind, [disp(rec.key)], detail, [item_id(rec.key)]))
-
-    # objects whose sides are not all usable
-    if source.two_sided:
-        for item in source.items:
-            bad = [s.name for s in item.sides if s.key is None or records[s.key].problem]
-            if bad:
-                problems.append(
-                    Problem(
-                        "missing_side",
-                        [s.display for s in item.sides if s.key],
-                        f"{item.id}: no usable {' or '.join(bad)}",
-                        [item.id],
-                    )
-                )
-
-    good = [r for r in records.values() if r.problem is None]
-    # exact duplicates: identical bytes (or identical pixels for in-memory sources)
-    exact = _groups_of({r.key: r.digest for r in good})
-    exact_groups = [[disp(k) for k in g] for g in exact]
-
-    # near duplicates among distinct images; byte-identical copies join their representative's group
-    t1 = time.perf_counter()
-    near_groups_keys: list[list[str]] = []
-    nd_info: dict = {"enabled": config.near_duplicates}
-    if config.near_duplicates and len(good) > 1:
-        reps: dict[str, ImageRecord] = {}
-        for r in good:
-            reps.setdefault(r.digest, r)
-        rep_list = list(reps.values())
-        thumbs = np.stack([r.thumb for r in rep_list])
-        fine = np.stack([r.fine for r in rep_list])
-        has_fine = np.array([min(r.width, r.height) >= 2 * THUMB for r in rep_list])
-        res = find_near_duplicates(thumbs, config.neardup, fine, has_fine)
-        copies = defaultdict(list)
-        for r in good:
-            copies[r.digest].append(r.key)
-        for g in connected_groups(len(rep_list), res.pairs):
-            near_groups_keys.append(sorted(k for idx in g for k in copies[rep_list[idx].digest]))
-        nd_info.update(
-            {
-                "candidates": res.n_candidates,
-                "verified_pairs": int(len(res.pairs)),
-                "flat_images_skipped": res.n_flat,
-                "params": asdict(config.neardup),
-            }
-        )
-    t_near = time.perf_counter() - t1
-    near_groups = [[disp(k) for k in g] for g in near_groups_keys]
-
-    for g in exact:
-        problems.append(
-            Problem(
-                "exact_duplicate",
-                [disp(k) for k in g],
-                f"{len(g)} byte-identical files",
-                sorted({item_id(k) for k in g}),
-            )
-        )
-    for g in near_groups_keys:
-        problems.append(
-            Problem(
-                "near_duplicate",
-                [disp(k) for k in g],
-                f"{len(g)} near-identical images",
-                sorted({item_id(k) for k in g}),
-            )
-        )
-
-    # duplicates that disagree on the label, and objects showing one picture on both sides
-    for g in [*exact, *near_groups_keys]:
-        labels = {source.items[side_of[k][0]].label for k in g} - {None}
-        if len(labels) > 1:
-            problems.append(
-                Problem(
-                    "conflicting_labels",
-                    [disp(k) for k in g],
-                    f"the same picture is labelled {', '.join(sorted(labels))}",
-                    sorted({item_id(k) for k in g}),
-                )
-            )
-        by_item = Counter(side_of[k][0] for k in g)
-        for i, n in by_item.items():
-            if n > 1 and source.two_sided:
-                it = source.items[i]
-                problems.append(
-                    Problem(
-                        "same_image_both_sides",
-                        [s.display for s in it.sides if s.key],
-                        f"{it.id}: its sides are (near-)identical pictures",
-                        [it.id],
-                    )
-                )
-
-    # odd sizes, odd aspect ratios and grayscale images (only meaningful for decoded files)
-    size_stats: dict = {}
-    if good:
-        areas = np.array([r.width * r.height for r in good], dtype=float)
-        aspects = np.array([r.width / r.height for r in good])
-        med_area, med_aspect = float(np.median(areas)), float(np.median(aspects))
-        n_gray = sum(r.gray for r in good)
-        size_stats = {
-            "median_width": float(np.median([r.width for r in good])),
-            "median_height": float(np.median([r.height for r in good])),
-            "min_width": int(min(r.width for r in good)),
-            "min_height": int(min(r.height for r in good)),
-            "max_width": int(max(r.width for r in good)),
-            "max_height": int(max(r.height for r in good)),
-            "grayscale_images": int(n_gray),
-        }
-        for r, a, asp in zip(good, areas, aspects, strict=True):
-            if a < med_area / config.size_factor**2 or a > med_area * config.size_factor**2:
-                problems.append(
-                    Problem(
-                        "odd_size",
-                        [disp(r.key)],
-                        f"{r.width}x{r.height}, median is {size_stats['median_width']:.0f}x"
-                        f"{size_stats['median_height']:.0f}",
-                        [item_id(r.key)],
-                    )
-                )
-            if abs(math.log(asp / med_aspect)) > math.log(config.aspect_factor):
-                problems.append(
-                    Problem(
-                        "odd_aspect",
-                        [disp(r.key)],
-                        f"aspect {asp:.2f} (w/h), median is {med_aspect:.2f}; "
-                        "a composite or badly cropped picture?",
-                        [item_id(r.key)],
-                    )
-                )
-        if n_gray < len(good) / 2:
-            for r in good:
-                if r.gray:
-                    problems.append(
-                        Problem(
-                            "grayscale_in_color",
-                            [disp(r.key)],
-                            "grayscale image in a mostly colour set",
-                            [item_id(r.key)],
-                        )
-                    )
-
-    class_counts = Counter(it.label for it in source.items if it.label is not None)
-    if class_counts:
-        big, small = max(class_counts.values()), min(class_counts.values())
-        if len(class_counts) == 1:
-            problems.append(
-                Problem(
-                    "single_class",
-                    [],
-                    f"all labelled items are {next(iter(class_counts))!r}: "
-                    "a classifier needs at least two classes",
-                )
-            )
-        elif big / small > config.imbalance_ratio:
-            problems.append(
-                Problem(
-                    "class_imbalance",
-                    [],
-                    f"largest class has {big} items, smallest {small} (ratio {big / small:.1f}); "
-                    "consider class weights or selecting classes",
-                )
-            )
-        for label, n in sorted(class_counts.items()):
-            if n < config.min_class_size:
-                problems.append(
-                    Problem(
-                        "small_class",
-                        [],
-                        f"class {label!r} has only {n} items",
-                        [it.id for it in source.items if it.label == label],
-                    )
-                )
-
+    a = _Audit(source, config or AuditConfig())
+    a.scan()
+    a.file_findings()
+    exact, near, nd_info = a.duplicates()
+    a.duplicate_findings(exact, near)
+    size_stats = a.image_findings()
+    class_counts = a.class_findings()
     # item-level duplicate groups: what a leak-free split must keep together
-    item_groups = merge_groups([item_id(k) for k in g] for g in [*exact, *near_groups_keys])
-
-    counts = Counter(p.kind for p in problems)
+    item_groups = merge_groups([a.item_id(k) for k in g] for g in [*exact, *near])
+    counts = Counter(p.kind for p in a.problems)
     return {
         "schema": "camscope.audit/1",
         "camscope_version": __version__,
@@ -365,23 +171,197 @@ def audit(source: Source, config: AuditConfig | None = None) -> dict:
             "side_names": list(source.side_names),
         },
         "n_items": len(source.items),
-        "n_images": len(keys),
-        "n_readable": len(good),
+        "n_images": len(a.side_of),
+        "n_readable": len(a.good),
         "class_counts": dict(sorted(class_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         "unlabelled": sum(1 for it in source.items if it.label is None),
         "problem_counts": dict(sorted(counts.items())),
-        "problems": [p.to_json() for p in problems],
-        "exact_duplicate_groups": exact_groups,
-        "near_duplicate_groups": near_groups,
+        "problems": [p.to_json() for p in a.problems],
+        "exact_duplicate_groups": [[a.disp(k) for k in g] for g in exact],
+        "near_duplicate_groups": [[a.disp(k) for k in g] for g in near],
         "duplicate_item_groups": item_groups,
         "images": size_stats,
         "near_duplicate_search": nd_info,
         "timing_s": {
-            "scan": round(t_scan, 2),
-            "near_duplicates": round(t_near, 2),
-            "total": round(time.perf_counter() - t0, 2),
+            "scan": round(a.t_scan, 2),
+            "near_duplicates": round(a.t_near, 2),
+            "total": round(time.perf_counter() - a.t0, 2),
         },
     }
+
+
+class _Audit:
+    """One audit's working state: each step adds its findings to ``problems``, in report order."""
+
+    def __init__(self, source: Source, config: AuditConfig):
+        self.source, self.config = source, config
+        self.t0 = time.perf_counter()
+        self.t_scan = self.t_near = 0.0
+        self.problems: list[Problem] = list(source.problems)
+        self.side_of: dict[str, tuple[int, int]] = {}  # image key -> (item, side)
+        for i, item in enumerate(source.items):
+            for s, side in enumerate(item.sides):
+                if side.key is not None and side.key not in self.side_of:
+                    self.side_of[side.key] = (i, s)
+        self.records: dict[str, ImageRecord] = {}
+        self.good: list[ImageRecord] = []
+
+    def disp(self, key: str) -> str:
+        i, s = self.side_of[key]
+        return self.source.items[i].sides[s].display
+
+    def item_id(self, key: str) -> str:
+        return self.source.items[self.side_of[key][0]].id
+
+    def _add(self, kind: str, keys: list[str], detail: str) -> None:
+        self.problems.append(
+            Problem(kind, [self.disp(k) for k in keys], detail, sorted({self.item_id(k) for k in keys}))
+        )
+
+    def scan(self) -> None:
+        """Read every image once (in worker processes): size, digest, thumbnails, or what is wrong."""
+        c = self.config
+        for batch in parallel_map(
+            self.source, _scan_chunk, list(self.side_of), c.workers, c.chunk, "auditing images"
+        ):
+            for rec in batch:
+                self.records[rec.key] = rec
+        self.good = [r for r in self.records.values() if r.problem is None]
+        self.t_scan = time.perf_counter() - self.t0
+
+    def file_findings(self) -> None:
+        """Broken files, and objects whose sides are not all usable."""
+        for rec in self.records.values():
+            if rec.problem:
+                kind, detail = rec.problem
+                self._add(kind, [rec.key], detail)
+        if self.source.two_sided:
+            for item in self.source.items:
+                bad = [s.name for s in item.sides if s.key is None or self.records[s.key].problem]
+                if bad:
+                    self.problems.append(
+                        Problem(
+                            "missing_side",
+                            [s.display for s in item.sides if s.key],
+                            f"{item.id}: no usable {' or '.join(bad)}",
+                            [item.id],
+                        )
+                    )
+
+    def duplicates(self) -> tuple[list[list[str]], list[list[str]], dict]:
+        """Exact groups (identical bytes, or pixels for in-memory sources) and near groups among
+        distinct images; byte-identical copies join their representative's near group."""
+        exact = _groups_of({r.key: r.digest for r in self.good})
+        t1 = time.perf_counter()
+        near: list[list[str]] = []
+        info: dict = {"enabled": self.config.near_duplicates}
+        if self.config.near_duplicates and len(self.good) > 1:
+            reps: dict[str, ImageRecord] = {}
+            for r in self.good:
+                reps.setdefault(r.digest, r)
+            rep_list = list(reps.values())
+            thumbs = np.stack([r.thumb for r in rep_list])
+            fine = np.stack([r.fine for r in rep_list])
+            has_fine = np.array([min(r.width, r.height) >= 2 * THUMB for r in rep_list])
+            res = find_near_duplicates(thumbs, self.config.neardup, fine, has_fine)
+            copies = defaultdict(list)
+            for r in self.good:
+                copies[r.digest].append(r.key)
+            for g in connected_groups(len(rep_list), res.pairs):
+                near.append(sorted(k for idx in g for k in copies[rep_list[idx].digest]))
+            info.update(
+                {
+                    "candidates": res.n_candidates,
+                    "verified_pairs": int(len(res.pairs)),
+                    "flat_images_skipped": res.n_flat,
+                    "params": asdict(self.config.neardup),
+                }
+            )
+        self.t_near = time.perf_counter() - t1
+        return exact, near, info
+
+    def duplicate_findings(self, exact: list[list[str]], near: list[list[str]]) -> None:
+        """The groups, duplicates that disagree on the label, and objects showing one picture twice."""
+        for g in exact:
+            self._add("exact_duplicate", g, f"{len(g)} byte-identical files")
+        for g in near:
+            self._add("near_duplicate", g, f"{len(g)} near-identical images")
+        items = self.source.items
+        for g in [*exact, *near]:
+            labels = {items[self.side_of[k][0]].label for k in g} - {None}
+            if len(labels) > 1:
+                self._add(
+                    "conflicting_labels", g, f"the same picture is labelled {', '.join(sorted(labels))}"
+                )
+            by_item = Counter(self.side_of[k][0] for k in g)
+            for i, n in by_item.items():
+                if n > 1 and self.source.two_sided:
+                    it = items[i]
+                    self.problems.append(
+                        Problem(
+                            "same_image_both_sides",
+                            [s.display for s in it.sides if s.key],
+                            f"{it.id}: its sides are (near-)identical pictures",
+                            [it.id],
+                        )
+                    )
+
+    def image_findings(self) -> dict:
+        """Odd sizes, odd aspect ratios and grayscale images among the decoded files; their statistics."""
+        good, c = self.good, self.config
+        if not good:
+            return {}
+        areas = np.array([r.width * r.height for r in good], dtype=float)
+        aspects = np.array([r.width / r.height for r in good])
+        med_area, med_aspect = float(np.median(areas)), float(np.median(aspects))
+        n_gray = sum(r.gray for r in good)
+        stats = {
+            "median_width": float(np.median([r.width for r in good])),
+            "median_height": float(np.median([r.height for r in good])),
+            "min_width": int(min(r.width for r in good)),
+            "min_height": int(min(r.height for r in good)),
+            "max_width": int(max(r.width for r in good)),
+            "max_height": int(max(r.height for r in good)),
+            "grayscale_images": int(n_gray),
+        }
+        for r, a, asp in zip(good, areas, aspects, strict=True):
+            if a < med_area / c.size_factor**2 or a > med_area * c.size_factor**2:
+                median = f"{stats['median_width']:.0f}x{stats['median_height']:.0f}"
+                self._add("odd_size", [r.key], f"{r.width}x{r.height}, median is {median}")
+            if abs(math.log(asp / med_aspect)) > math.log(c.aspect_factor):
+                self._add(
+                    "odd_aspect",
+                    [r.key],
+                    f"aspect {asp:.2f} (w/h), median is {med_aspect:.2f}; "
+                    "a composite or badly cropped picture?",
+                )
+        if n_gray < len(good) / 2:
+            for r in good:
+                if r.gray:
+                    self._add("grayscale_in_color", [r.key], "grayscale image in a mostly colour set")
+        return stats
+
+    def class_findings(self) -> Counter:
+        """A single class, imbalance and small classes; the class counts."""
+        items, c = self.source.items, self.config
+        counts = Counter(it.label for it in items if it.label is not None)
+        if not counts:
+            return counts
+        big, small = max(counts.values()), min(counts.values())
+        if len(counts) == 1:
+            detail = f"all labelled items are {next(iter(counts))!r}: a classifier needs at least two classes"
+            self.problems.append(Problem("single_class", [], detail))
+        elif big / small > c.imbalance_ratio:
+            detail = (
+                f"largest class has {big} items, smallest {small} (ratio {big / small:.1f}); "
+                "consider class weights or selecting classes"
+            )
+            self.problems.append(Problem("class_imbalance", [], detail))
+        for label, n in sorted(counts.items()):
+            if n < c.min_class_size:
+                ids = [it.id for it in items if it.label == label]
+                self.problems.append(Problem("small_class", [], f"class {label!r} has only {n} items", ids))
+        return counts
 
 
 def write_audit(report: dict, out_dir: str | Path) -> Path:

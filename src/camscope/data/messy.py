@@ -92,88 +92,7 @@ def write_messy_coins(
         files[HEADS.format(row=row)] = _jpeg(coins.images[i, 0])
         files[TAILS.format(row=row)] = _jpeg(coins.images[i, 1])
 
-    planted: dict[str, list[str]] = {}
-
-    def rid(row: int) -> str:
-        return f"row{row:05d}"
-
-    if messy:
-        if n < 60:
-            raise ValueError("a messy dataset needs at least 60 coins")
-        by_class = {
-            c: [i + 1 for i in range(n) if coins.labels[i] == c] for c in range(len(coins.class_names))
-        }
-        files[HEADS.format(row=3)] = b""
-        planted["zero_byte"] = [rid(3)]
-        files[HEADS.format(row=4)] = files[HEADS.format(row=4)][: len(files[HEADS.format(row=4)]) // 2]
-        planted["truncated"] = [rid(4)]
-        files[TAILS.format(row=5)] = b"this is not an image, just text with a .jpg name\n"
-        planted["not_an_image"] = [rid(5)]
-        del files[TAILS.format(row=6)]
-        planted["missing_file"] = [rid(6)]
-        planted["missing_side"] = [rid(3), rid(4), rid(5), rid(6), rid(7)]
-        files[HEADS.format(row=7)] = giant_png_header()
-        planted["too_large"] = [rid(7)]
-        rows[7]["Obverse"] = ""
-        planted["missing_label"] = [rid(8)]
-        rows[8]["Obverse"] = "Illegible legend, worn"
-        planted["unparsed_label"] = [rid(9)]
-        # exact duplicate, same label: row 11 becomes a byte copy of row 10's coin (same class)
-        c10 = coins.labels[9]
-        same = [r for r in by_class[int(c10)] if r > 20][0]
-        for pat in (HEADS, TAILS):
-            files[pat.format(row=same)] = files[pat.format(row=10)]
-        planted["exact_duplicate"] = [rid(10), rid(same)]
-        # exact duplicate with a conflicting label: a coin of another class gets row 12's pictures
-        other = [r for c, rs in by_class.items() if c != coins.labels[11] for r in rs if r > 20][1]
-        for pat in (HEADS, TAILS):
-            files[pat.format(row=other)] = files[pat.format(row=12)]
-        planted["conflicting_labels"] = [rid(12), rid(other)]
-        # near duplicates of row 13..17: re-encoded, shifted, cropped, recoloured, rescaled
-        targets = [r for r in range(30, n) if coins.labels[r - 1] == coins.labels[12]][:1] + [
-            r for r in range(30, n) if r not in (same, other)
-        ][1:5]
-        near = []
-        for k, (src_row, dst_row) in enumerate(zip(range(13, 18), targets, strict=False)):
-            for s, pat in enumerate((HEADS, TAILS)):
-                img = coins.images[src_row - 1, s]
-                if k == 0:
-                    data = _jpeg(img, quality=40)
-                elif k == 1:
-                    data = _jpeg(
-                        np.asarray(
-                            Image.fromarray(img).transform(
-                                (size, size), Image.AFFINE, (1, 0, 3, 0, 1, 2), Image.BILINEAR
-                            )
-                        )
-                    )
-                elif k == 2:
-                    c = size // 10
-                    data = _jpeg(
-                        np.asarray(
-                            Image.fromarray(img)
-                            .crop((c, c, size - c, size - c))
-                            .resize((size, size), Image.BICUBIC)
-                        )
-                    )
-                elif k == 3:
-                    data = _jpeg(np.clip(img[..., [2, 1, 0]].astype(int) * 0.9 + 20, 0, 255).astype(np.uint8))
-                else:
-                    data = _jpeg(np.asarray(Image.fromarray(img).resize((size * 2, size * 2), Image.BICUBIC)))
-                files[pat.format(row=dst_row)] = data
-            rows[dst_row - 1]["Obverse"] = rows[src_row - 1]["Obverse"]
-            near.append([rid(src_row), rid(dst_row)])
-        planted["near_duplicate"] = [x for pair in near for x in pair]
-        # a composite picture (both sides in one image): odd aspect and size
-        both = np.concatenate([coins.images[18, 0], coins.images[18, 1]], axis=1)
-        files[HEADS.format(row=19)] = _jpeg(np.asarray(Image.fromarray(both).resize((size * 8, size * 4))))
-        planted["odd_aspect"] = [rid(19)]
-        planted["odd_size"] = [rid(19)]
-        gray = coins.images[19, 0].mean(2).astype(np.uint8)
-        files[HEADS.format(row=20)] = _jpeg(np.stack([gray] * 3, 2))
-        planted["grayscale_in_color"] = [rid(20)]
-        planted["class_imbalance"] = []
-
+    planted = _plant(files, rows, coins, size) if messy else {}
     for rel, data in files.items():
         (out / rel).write_bytes(data)
     if remove_stale:
@@ -186,3 +105,94 @@ def write_messy_coins(
         w.writeheader()
         w.writerows(rows)
     return manifest, planted
+
+
+def _rid(row: int) -> str:
+    return f"row{row:05d}"
+
+
+def _plant(files: dict[str, bytes], rows: list[dict], coins, size: int) -> dict[str, list[str]]:
+    """Plant one problem of every kind the audit looks for; per kind, the affected row ids."""
+    n = len(rows)
+    if n < 60:
+        raise ValueError("a messy dataset needs at least 60 coins")
+    planted: dict[str, list[str]] = {}
+    by_class = {c: [i + 1 for i in range(n) if coins.labels[i] == c] for c in range(len(coins.class_names))}
+    files[HEADS.format(row=3)] = b""
+    planted["zero_byte"] = [_rid(3)]
+    files[HEADS.format(row=4)] = files[HEADS.format(row=4)][: len(files[HEADS.format(row=4)]) // 2]
+    planted["truncated"] = [_rid(4)]
+    files[TAILS.format(row=5)] = b"this is not an image, just text with a .jpg name\n"
+    planted["not_an_image"] = [_rid(5)]
+    del files[TAILS.format(row=6)]
+    planted["missing_file"] = [_rid(6)]
+    planted["missing_side"] = [_rid(3), _rid(4), _rid(5), _rid(6), _rid(7)]
+    files[HEADS.format(row=7)] = giant_png_header()
+    planted["too_large"] = [_rid(7)]
+    rows[7]["Obverse"] = ""
+    planted["missing_label"] = [_rid(8)]
+    rows[8]["Obverse"] = "Illegible legend, worn"
+    planted["unparsed_label"] = [_rid(9)]
+    # exact duplicate, same label: row 11 becomes a byte copy of row 10's coin (same class)
+    c10 = coins.labels[9]
+    same = [r for r in by_class[int(c10)] if r > 20][0]
+    for pat in (HEADS, TAILS):
+        files[pat.format(row=same)] = files[pat.format(row=10)]
+    planted["exact_duplicate"] = [_rid(10), _rid(same)]
+    # exact duplicate with a conflicting label: a coin of another class gets row 12's pictures
+    other = [r for c, rs in by_class.items() if c != coins.labels[11] for r in rs if r > 20][1]
+    for pat in (HEADS, TAILS):
+        files[pat.format(row=other)] = files[pat.format(row=12)]
+    planted["conflicting_labels"] = [_rid(12), _rid(other)]
+    planted["near_duplicate"] = _plant_near_duplicates(files, rows, coins, size, (same, other))
+    # a composite picture (both sides in one image): odd aspect and size
+    both = np.concatenate([coins.images[18, 0], coins.images[18, 1]], axis=1)
+    files[HEADS.format(row=19)] = _jpeg(np.asarray(Image.fromarray(both).resize((size * 8, size * 4))))
+    planted["odd_aspect"] = [_rid(19)]
+    planted["odd_size"] = [_rid(19)]
+    gray = coins.images[19, 0].mean(2).astype(np.uint8)
+    files[HEADS.format(row=20)] = _jpeg(np.stack([gray] * 3, 2))
+    planted["grayscale_in_color"] = [_rid(20)]
+    planted["class_imbalance"] = []
+    return planted
+
+
+def _plant_near_duplicates(files, rows, coins, size: int, taken: tuple[int, int]) -> list[str]:
+    """Rows 13..17 copied onto later rows (label included), re-encoded, shifted, cropped,
+    recoloured and rescaled; the rows of the exact duplicates (``taken``) are left alone."""
+    n = len(rows)
+    same, other = taken
+    targets = [r for r in range(30, n) if coins.labels[r - 1] == coins.labels[12]][:1] + [
+        r for r in range(30, n) if r not in (same, other)
+    ][1:5]
+    near = []
+    for k, (src_row, dst_row) in enumerate(zip(range(13, 18), targets, strict=False)):
+        for s, pat in enumerate((HEADS, TAILS)):
+            img = coins.images[src_row - 1, s]
+            if k == 0:
+                data = _jpeg(img, quality=40)
+            elif k == 1:
+                data = _jpeg(
+                    np.asarray(
+                        Image.fromarray(img).transform(
+                            (size, size), Image.AFFINE, (1, 0, 3, 0, 1, 2), Image.BILINEAR
+                        )
+                    )
+                )
+            elif k == 2:
+                c = size // 10
+                data = _jpeg(
+                    np.asarray(
+                        Image.fromarray(img)
+                        .crop((c, c, size - c, size - c))
+                        .resize((size, size), Image.BICUBIC)
+                    )
+                )
+            elif k == 3:
+                data = _jpeg(np.clip(img[..., [2, 1, 0]].astype(int) * 0.9 + 20, 0, 255).astype(np.uint8))
+            else:
+                data = _jpeg(np.asarray(Image.fromarray(img).resize((size * 2, size * 2), Image.BICUBIC)))
+            files[pat.format(row=dst_row)] = data
+        rows[dst_row - 1]["Obverse"] = rows[src_row - 1]["Obverse"]
+        near.append([_rid(src_row), _rid(dst_row)])
+    return [x for pair in near for x in pair]

@@ -147,13 +147,27 @@ class FolderSource(Source):
         self.store: Store = open_store(path, prefix)
         self.description = self.store.description
         self.max_pixels = max_pixels
+        files = self._unwrap(path, prefix)
+        tops = {f.split("/", 1)[0] for f in files if "/" in f}
+        has_splits = bool(tops) and tops <= set(SPLIT_DIR_NAMES)
+        class_dirs: dict[str, int] = {}
+        for rel in files:
+            self._add_file(rel, 2 if has_splits else 1, has_splits, class_dirs)
+        for label, n in sorted(class_dirs.items()):
+            if n == 0:
+                detail = f"class folder {safe_text(label)!r} holds no images"
+                self.problems.append(Problem("empty_class", [safe_text(label)], detail))
+        if has_splits:
+            self.description += " (split folders: " + ", ".join(sorted(tops)) + ")"
+
+    def _unwrap(self, path, prefix: str) -> list[str]:
+        """The files; archives often wrap everything in one folder (data.zip -> data/...): look inside it."""
         files = self.store.list_files()
         if not files:
             raise CamscopeError(
                 f"no files found under {self.description}",
                 "point at a folder with one sub-folder per class",
             )
-        # archives often wrap everything in one folder (data.zip -> data/...): look inside it
         while files and all("/" in f for f in files):
             first = {f.split("/", 1)[0] for f in files}
             if len(first) != 1 or next(iter(first)) in SPLIT_DIR_NAMES:
@@ -164,52 +178,29 @@ class FolderSource(Source):
             self.store = open_store(path, f"{prefix}/{wrapper}".strip("/"))
             self.description = self.store.description
             files = self.store.list_files()
-        tops = {f.split("/", 1)[0] for f in files if "/" in f}
-        has_splits = bool(tops) and tops <= set(SPLIT_DIR_NAMES)
-        depth = 2 if has_splits else 1
-        class_dirs: dict[str, int] = {}
-        for rel in files:
-            parts = rel.split("/")
-            if len(parts) <= depth:
-                self.problems.append(
-                    Problem("stray_file", [safe_text(rel)], "file outside any class folder; ignored")
-                )
-                continue
-            split = SPLIT_DIR_NAMES[parts[0]] if has_splits else None
-            label = parts[depth - 1]
-            class_dirs.setdefault(label, 0)
-            if not is_image_name(rel):
-                self.problems.append(
-                    Problem(
-                        "not_an_image_file",
-                        [safe_text(rel)],
-                        "file name has no image extension; ignored",
-                    )
-                )
-                continue
-            class_dirs[label] += 1
-            item_id = safe_text(rel.rsplit(".", 1)[0])
-            if item_id != rel.rsplit(".", 1)[0]:
-                self.problems.append(
-                    Problem(
-                        "non_utf8_name",
-                        [safe_text(rel)],
-                        "file name is not valid UTF-8; kept under an escaped id",
-                        [item_id],
-                    )
-                )
-            self.items.append(Item(item_id, safe_text(label), (Side("image", rel),), split))
-        for label, n in sorted(class_dirs.items()):
-            if n == 0:
-                self.problems.append(
-                    Problem(
-                        "empty_class",
-                        [safe_text(label)],
-                        f"class folder {safe_text(label)!r} holds no images",
-                    )
-                )
-        if has_splits:
-            self.description += " (split folders: " + ", ".join(sorted(tops)) + ")"
+        return files
+
+    def _add_file(self, rel: str, depth: int, has_splits: bool, class_dirs: dict[str, int]) -> None:
+        """One file of the tree: an item of its folder's class, or a finding."""
+        parts = rel.split("/")
+        if len(parts) <= depth:
+            self.problems.append(
+                Problem("stray_file", [safe_text(rel)], "file outside any class folder; ignored")
+            )
+            return
+        split = SPLIT_DIR_NAMES[parts[0]] if has_splits else None
+        label = parts[depth - 1]
+        class_dirs.setdefault(label, 0)
+        if not is_image_name(rel):
+            detail = "file name has no image extension; ignored"
+            self.problems.append(Problem("not_an_image_file", [safe_text(rel)], detail))
+            return
+        class_dirs[label] += 1
+        item_id = safe_text(rel.rsplit(".", 1)[0])
+        if item_id != rel.rsplit(".", 1)[0]:
+            detail = "file name is not valid UTF-8; kept under an escaped id"
+            self.problems.append(Problem("non_utf8_name", [safe_text(rel)], detail, [item_id]))
+        self.items.append(Item(item_id, safe_text(label), (Side("image", rel),), split))
 
     def fetch(self, key: str) -> bytes:
         return self.store.read_bytes(key)
@@ -236,6 +227,52 @@ def _sniff_delimiter(text: str) -> str:
         return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
     except csv.Error:
         return ","
+
+
+def _side_names(image_cols: list[str], patterns: list[str], names: list[str] | None) -> tuple[str, ...]:
+    if bool(image_cols) == bool(patterns):
+        raise CamscopeError(
+            "a CSV source needs image path columns or file-name patterns, not both",
+            "pass --image-col COL (once per side) or --pattern 'heads{row:05d}.jpg'",
+        )
+    n_sides = len(image_cols) or len(patterns)
+    if n_sides > 2:
+        raise CamscopeError(f"{n_sides} sides given; camscope handles one or two sides per object")
+    if names is None:
+        names = ["image"] if n_sides == 1 else ["obverse", "reverse"]
+    if len(names) != n_sides:
+        raise CamscopeError(f"{len(names)} side names for {n_sides} sides", "give one name per side")
+    return tuple(names)
+
+
+def _label_rule(label_col: str | None, label_from: str | None, label_regex: str | None) -> re.Pattern | None:
+    if label_col and label_regex:
+        raise CamscopeError("give either a label column or a label rule, not both")
+    if label_regex and not label_from:
+        raise CamscopeError("a label rule needs the column it applies to", "pass --label-from COLUMN")
+    if not label_regex:
+        return None
+    try:
+        rule = re.compile(label_regex)
+    except re.error as e:
+        raise CamscopeError(f"label rule {label_regex!r} is not a valid regular expression: {e}") from None
+    if rule.groups != 1 and "label" not in rule.groupindex:
+        raise CamscopeError(
+            f"label rule {label_regex!r} has {rule.groups} capture groups",
+            "use exactly one group, or name the label group (?P<label>...)",
+        )
+    return rule
+
+
+def _check_patterns(patterns: list[str]) -> None:
+    for p in patterns:
+        try:
+            p.format(row=1, id="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise CamscopeError(
+                f"file-name pattern {p!r} is not valid: {e}",
+                "use {row} (1-based data row, e.g. {row:05d}) or {id}",
+            ) from None
 
 
 class CsvSource(Source):
@@ -266,49 +303,40 @@ class CsvSource(Source):
     ):
         super().__init__()
         self.max_pixels = max_pixels
-        image_cols = list(image_cols or [])
-        patterns = list(patterns or [])
-        if bool(image_cols) == bool(patterns):
-            raise CamscopeError(
-                "a CSV source needs image path columns or file-name patterns, not both",
-                "pass --image-col COL (once per side) or --pattern 'heads{row:05d}.jpg'",
+        self.image_cols = list(image_cols or [])
+        self.patterns = list(patterns or [])
+        self.label_col, self.label_from, self.id_col = label_col, label_from, id_col
+        self.side_names = _side_names(self.image_cols, self.patterns, side_names)
+        self.rule = _label_rule(label_col, label_from, label_regex)
+        _check_patterns(self.patterns)
+        raw, where = self._open(str(csv_path), data_root)
+        self.description = f"{where} (images under {self.store.description})"
+        reader = self._reader(raw, where, delimiter)
+        self._exists: dict[str, bool] = {}
+        seen_ids: dict[str, int] = {}
+        for row_no, row in enumerate(reader, start=1):
+            if None in row:  # more fields than header names
+                row.pop(None)
+            row = {k: (v if v is not None else "") for k, v in row.items()}
+            item_id = self._row_id(row, row_no, seen_ids)
+            if item_id is None:
+                continue
+            sides = tuple(self._side(row, row_no, item_id, s) for s in range(len(self.side_names)))
+            label = self._label(row, row_no, item_id, sides)
+            meta = {k: v for k, v in row.items() if k}
+            meta["row"] = row_no
+            self.items.append(Item(item_id, label, sides, None, meta))
+        del self._exists  # workers get a copy of the source: keep it small
+        if not self.items:
+            raise CamscopeError(f"{where} has a header but no data rows")
+        if label_col is None and self.rule is None:
+            self.problems.append(
+                Problem("missing_label", [], "no label column or rule given: items are unlabelled")
             )
-        n_sides = len(image_cols) or len(patterns)
-        if n_sides > 2:
-            raise CamscopeError(f"{n_sides} sides given; camscope handles one or two sides per object")
-        if side_names is None:
-            side_names = ["image"] if n_sides == 1 else ["obverse", "reverse"]
-        if len(side_names) != n_sides:
-            raise CamscopeError(f"{len(side_names)} side names for {n_sides} sides", "give one name per side")
-        self.side_names = tuple(side_names)
-        if label_col and label_regex:
-            raise CamscopeError("give either a label column or a label rule, not both")
-        if label_regex and not label_from:
-            raise CamscopeError("a label rule needs the column it applies to", "pass --label-from COLUMN")
-        rule = None
-        if label_regex:
-            try:
-                rule = re.compile(label_regex)
-            except re.error as e:
-                raise CamscopeError(
-                    f"label rule {label_regex!r} is not a valid regular expression: {e}"
-                ) from None
-            if rule.groups != 1 and "label" not in rule.groupindex:
-                raise CamscopeError(
-                    f"label rule {label_regex!r} has {rule.groups} capture groups",
-                    "use exactly one group, or name the label group (?P<label>...)",
-                )
-        for p in patterns:
-            try:
-                p.format(row=1, id="x")
-            except (KeyError, IndexError, ValueError) as e:
-                raise CamscopeError(
-                    f"file-name pattern {p!r} is not valid: {e}",
-                    "use {row} (1-based data row, e.g. {row:05d}) or {id}",
-                ) from None
 
-        # the CSV itself: a file, or a member of a zip archive ("archive.zip" + csv member name)
-        csv_path = str(csv_path)
+    def _open(self, csv_path: str, data_root) -> tuple[bytes, str]:
+        """The CSV's bytes (a file, or a member of a zip archive: "archive.zip!/member.csv") and
+        where it came from; sets the store its image paths are read from."""
         if "!/" in csv_path:
             archive, member = csv_path.split("!/", 1)
             root_store = open_store(archive)
@@ -316,159 +344,98 @@ class CsvSource(Source):
             if raw is None:
                 raise CamscopeError(f"{member} not found in {archive}", "list the archive with `unzip -l`")
             member_dir = member.rsplit("/", 1)[0] if "/" in member else ""
-            prefix = member_dir if data_root is None else str(data_root)
-            self.store = open_store(archive, prefix)
-            where = f"{archive}!/{member}"
-        else:
-            path = Path(csv_path)
-            if not path.is_file():
-                raise CamscopeError(f"CSV manifest {path} not found", "check the path")
-            raw = path.read_bytes()
-            self.store = open_store(data_root if data_root is not None else path.parent)
-            where = str(path)
-        self.description = f"{where} (images under {self.store.description})"
+            self.store = open_store(archive, member_dir if data_root is None else str(data_root))
+            return raw, f"{archive}!/{member}"
+        path = Path(csv_path)
+        if not path.is_file():
+            raise CamscopeError(f"CSV manifest {path} not found", "check the path")
+        self.store = open_store(data_root if data_root is not None else path.parent)
+        return path.read_bytes(), str(path)
+
+    def _reader(self, raw: bytes, where: str, delimiter: str | None) -> csv.DictReader:
+        """A reader over the rows, after checking that the columns asked for exist."""
         text, enc_warning = _read_csv_text(raw, where)
         if enc_warning:
             self.problems.append(Problem("csv_encoding", [where], enc_warning))
-        delim = delimiter or _sniff_delimiter(text)
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
-        columns = [c for c in (reader.fieldnames or [])]
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter or _sniff_delimiter(text))
+        columns = list(reader.fieldnames or [])
         if not columns:
             raise CamscopeError(
                 f"{where} is empty or has no header row", "the first line must name the columns"
             )
-        wanted = [c for c in [*image_cols, label_col, label_from, id_col] if c]
-        for c in wanted:
-            if c not in columns:
+        for c in [*self.image_cols, self.label_col, self.label_from, self.id_col]:
+            if c and c not in columns:
                 hint = f"available columns: {', '.join(repr(x) for x in columns)}{_close(c, columns)}"
                 if len(columns) == 1 and any(d in columns[0] for d in ";\t|,"):
                     hint += "; the header looks like one column: pass --delimiter"
                 raise CamscopeError(f"column {c!r} is not in {where}", hint)
+        return reader
 
-        seen_ids: dict[str, int] = {}
-        exists_cache: dict[str, bool] = {}
-        for row_no, row in enumerate(reader, start=1):
-            if None in row:  # more fields than header names
-                row.pop(None)
-            row = {k: (v if v is not None else "") for k, v in row.items()}
-            item_id = (row.get(id_col) or "").strip() if id_col else f"row{row_no:05d}"
-            if not item_id:
-                item_id = f"row{row_no:05d}"
-                self.problems.append(
-                    Problem(
-                        "missing_id",
-                        [],
-                        f"row {row_no} has an empty id; using {item_id}",
-                        [item_id],
-                    )
-                )
-            if item_id in seen_ids:
-                self.problems.append(
-                    Problem(
-                        "duplicate_id",
-                        [],
-                        f"id {item_id!r} in row {row_no} already used in row "
-                        f"{seen_ids[item_id]}; row skipped",
-                        [item_id],
-                    )
-                )
-                continue
-            seen_ids[item_id] = row_no
+    def _row_id(self, row: dict, row_no: int, seen: dict[str, int]) -> str | None:
+        """The row's item id (None: a duplicate id, the row is skipped)."""
+        item_id = (row.get(self.id_col) or "").strip() if self.id_col else f"row{row_no:05d}"
+        if not item_id:
+            item_id = f"row{row_no:05d}"
+            detail = f"row {row_no} has an empty id; using {item_id}"
+            self.problems.append(Problem("missing_id", [], detail, [item_id]))
+        if item_id in seen:
+            detail = f"id {item_id!r} in row {row_no} already used in row {seen[item_id]}; row skipped"
+            self.problems.append(Problem("duplicate_id", [], detail, [item_id]))
+            return None
+        seen[item_id] = row_no
+        return item_id
 
-            sides = []
-            for s, side_name in enumerate(self.side_names):
-                if image_cols:
-                    rel = (row.get(image_cols[s]) or "").strip()
-                else:
-                    rel = patterns[s].format(row=row_no, id=item_id)
-                if not rel or rel.lower() in EMPTY_LABELS:
-                    self.problems.append(
-                        Problem(
-                            "missing_file",
-                            [],
-                            f"row {row_no}: no {side_name} path given",
-                            [item_id],
-                        )
-                    )
-                    sides.append(Side(side_name, None))
-                    continue
-                try:
-                    clean = normalise_relpath(rel)
-                except PathOutsideRoot as e:
-                    self.problems.append(
-                        Problem(
-                            "path_outside_root",
-                            [safe_text(rel)],
-                            f"row {row_no}: {e}; refused",
-                            [item_id],
-                        )
-                    )
-                    sides.append(Side(side_name, None))
-                    continue
-                if clean not in exists_cache:
-                    exists_cache[clean] = self.store.exists(clean)
-                if not exists_cache[clean]:
-                    self.problems.append(
-                        Problem(
-                            "missing_file",
-                            [safe_text(clean)],
-                            f"row {row_no}: {side_name} file does not exist",
-                            [item_id],
-                        )
-                    )
-                    sides.append(Side(side_name, None))
-                    continue
-                sides.append(Side(side_name, clean))
-
-            label: str | None
-            if label_col:
-                label = (row.get(label_col) or "").strip()
-                if label.lower() in EMPTY_LABELS:
-                    self.problems.append(
-                        Problem(
-                            "missing_label",
-                            [s.display for s in sides if s.key],
-                            f"row {row_no}: label column {label_col!r} is empty",
-                            [item_id],
-                        )
-                    )
-                    label = None
-            elif rule is not None:
-                text_val = (row.get(label_from) or "").strip()
-                m = rule.search(text_val)
-                if not text_val:
-                    label = None
-                    self.problems.append(
-                        Problem(
-                            "missing_label",
-                            [s.display for s in sides if s.key],
-                            f"row {row_no}: {label_from!r} is empty",
-                            [item_id],
-                        )
-                    )
-                elif m is None or not (m.group("label") if "label" in rule.groupindex else m.group(1)):
-                    label = None
-                    self.problems.append(
-                        Problem(
-                            "unparsed_label",
-                            [s.display for s in sides if s.key],
-                            f"row {row_no}: rule does not match {text_val[:80]!r}",
-                            [item_id],
-                        )
-                    )
-                else:
-                    label = (m.group("label") if "label" in rule.groupindex else m.group(1)).strip()
-            else:
-                label = None
-            meta = {k: v for k, v in row.items() if k}
-            meta["row"] = row_no
-            self.items.append(Item(item_id, label, tuple(sides), None, meta))
-        if not self.items:
-            raise CamscopeError(f"{where} has a header but no data rows")
-        if label_col is None and rule is None:
+    def _side(self, row: dict, row_no: int, item_id: str, s: int) -> Side:
+        """Side ``s`` of the row's object: its file, or no file (with the finding) when it has none."""
+        name = self.side_names[s]
+        if self.image_cols:
+            rel = (row.get(self.image_cols[s]) or "").strip()
+        else:
+            rel = self.patterns[s].format(row=row_no, id=item_id)
+        if not rel or rel.lower() in EMPTY_LABELS:
             self.problems.append(
-                Problem("missing_label", [], "no label column or rule given: items are unlabelled")
+                Problem("missing_file", [], f"row {row_no}: no {name} path given", [item_id])
             )
+            return Side(name, None)
+        try:
+            clean = normalise_relpath(rel)
+        except PathOutsideRoot as e:
+            detail = f"row {row_no}: {e}; refused"
+            self.problems.append(Problem("path_outside_root", [safe_text(rel)], detail, [item_id]))
+            return Side(name, None)
+        if clean not in self._exists:
+            self._exists[clean] = self.store.exists(clean)
+        if not self._exists[clean]:
+            detail = f"row {row_no}: {name} file does not exist"
+            self.problems.append(Problem("missing_file", [safe_text(clean)], detail, [item_id]))
+            return Side(name, None)
+        return Side(name, clean)
+
+    def _label(self, row: dict, row_no: int, item_id: str, sides: tuple[Side, ...]) -> str | None:
+        """The row's label from its column or its rule; None (with the finding) when there is none."""
+        paths = [s.display for s in sides if s.key]
+        if self.label_col:
+            label = (row.get(self.label_col) or "").strip()
+            if label.lower() not in EMPTY_LABELS:
+                return label
+            detail = f"row {row_no}: label column {self.label_col!r} is empty"
+            self.problems.append(Problem("missing_label", paths, detail, [item_id]))
+            return None
+        if self.rule is None:
+            return None
+        text_val = (row.get(self.label_from) or "").strip()
+        if not text_val:
+            self.problems.append(
+                Problem("missing_label", paths, f"row {row_no}: {self.label_from!r} is empty", [item_id])
+            )
+            return None
+        m = self.rule.search(text_val)
+        found = m and (m.group("label") if "label" in self.rule.groupindex else m.group(1))
+        if not found:
+            detail = f"row {row_no}: rule does not match {text_val[:80]!r}"
+            self.problems.append(Problem("unparsed_label", paths, detail, [item_id]))
+            return None
+        return found.strip()
 
     def fetch(self, key: str) -> bytes:
         return self.store.read_bytes(key)

@@ -114,6 +114,66 @@ def make_split(
     config = config or SplitConfig()
     config.validate()
     labels = [ds.classes[i] if i >= 0 else None for i in ds.labels.tolist()]
+    selected, unseen = _select(labels, config)
+    exact_groups = _item_groups(ds, audit["exact_duplicate_groups"]) if audit else []
+    all_groups = (
+        _item_groups(ds, [*audit["exact_duplicate_groups"], *audit["near_duplicate_groups"]]) if audit else []
+    )
+    split, note = _set_aside(ds, labels, set(selected), config, exact_groups, all_groups)
+    # groups (of the items still to place) that must not straddle splits
+    pos = {i: k for k, i in enumerate(ds.ids)}
+    group_of = {pos[i]: gi for gi, g in enumerate(all_groups) for i in g}
+    todo = [k for k in range(len(ds)) if k not in split]
+    units: dict[object, list[int]] = defaultdict(list)
+    for k in todo:
+        key = ("g", group_of[k]) if (k in group_of and not config.allow_leaks) else ("i", k)
+        units[key].append(k)
+    given = ds.given_splits if config.respect_given else [None] * len(ds)
+    has_given = any(given[k] is not None for k in todo)
+    if has_given:
+        _place_given(split, list(units.values()), given, labels, config)
+    else:
+        ulist = list(units.values())
+        split.update(
+            _assign(
+                ulist,
+                [_majority(labels, u) for u in ulist],
+                list(config.fractions),
+                list(SPLITS),
+                config.seed,
+            )
+        )
+    # leakage check: test (and val) items sharing a duplicate group with a training item
+    train_groups = {group_of[k] for k in range(len(ds)) if split[k] == "train" and k in group_of}
+    dup_in_train = {
+        k for k in range(len(ds)) if k in group_of and group_of[k] in train_groups and split[k] != "train"
+    }
+    rows = [
+        {
+            "id": ds.ids[k],
+            "label": labels[k] or "",
+            "split": split[k],
+            "group": group_of.get(k, ""),
+            "dup_in_train": int(k in dup_in_train),
+            "note": note.get(k, ""),
+        }
+        for k in range(len(ds))
+    ]
+    summary = {
+        "schema": "camscope.split/1",
+        "config": {**asdict(config), "fractions": list(config.fractions)},
+        "selected_classes": selected,
+        "unseen_classes": unseen,
+        "given_splits_respected": has_given,
+        **_counts(ds, labels, split, all_groups, dup_in_train),
+        "dataset_hash": ds.info.get("dataset_hash"),
+        "audit_used": audit is not None,
+    }
+    return SplitResult(rows, summary)
+
+
+def _select(labels: list[str | None], config: SplitConfig) -> tuple[list[str], list[str]]:
+    """The classes to train on (largest first) and the ones left out as unseen."""
     counts = Counter(lab for lab in labels if lab is not None)
     if len(counts) < 2:
         raise CamscopeError(
@@ -121,98 +181,66 @@ def make_split(
             "a split for classification needs at least two classes",
         )
     if config.selection.is_empty():
-        selected, unseen = sorted(counts, key=lambda c: (-counts[c], c)), []
-    else:
-        selected, unseen = select_classes(dict(counts), config.selection)
-    sel_set = set(selected)
+        return sorted(counts, key=lambda c: (-counts[c], c)), []
+    return select_classes(dict(counts), config.selection)
 
-    exact_groups = _item_groups(ds, audit["exact_duplicate_groups"]) if audit else []
-    all_groups = (
-        _item_groups(ds, [*audit["exact_duplicate_groups"], *audit["near_duplicate_groups"]]) if audit else []
-    )
-    pos = {i: k for k, i in enumerate(ds.ids)}
 
+def _set_aside(ds, labels, selected: set[str], config, exact_groups, all_groups) -> tuple[dict, dict]:
+    """(split, note) of the items that are not placed: unlabelled and unseen items, and the
+    duplicates deduplication drops (it keeps the first item by id of a group whose labels agree)."""
     split: dict[int, str] = {}
     note: dict[int, str] = {}
     for k, lab in enumerate(labels):
         if lab is None:
             split[k], note[k] = "dropped", "no label"
-        elif lab not in sel_set:
+        elif lab not in selected:
             split[k] = "unseen"
+    if config.dedupe == "none":
+        return split, note
+    pos = {i: k for k, i in enumerate(ds.ids)}
+    for g in exact_groups if config.dedupe == "exact" else all_groups:
+        idx = [pos[i] for i in g if pos[i] not in split]
+        if len(idx) < 2:
+            continue
+        if len({labels[i] for i in idx}) > 1:
+            for i in idx:
+                split[i], note[i] = "dropped", "duplicate with a conflicting label"
+        else:
+            for i in idx[1:]:
+                split[i], note[i] = "dropped", f"duplicate of {ds.ids[idx[0]]}"
+    return split, note
 
-    # deduplication: keep the first item (by id) of each group whose labels agree; drop conflicts
-    if config.dedupe != "none":
-        for g in exact_groups if config.dedupe == "exact" else all_groups:
-            idx = [pos[i] for i in g if pos[i] not in split]
-            if len(idx) < 2:
-                continue
-            if len({labels[i] for i in idx}) > 1:
-                for i in idx:
-                    split[i], note[i] = "dropped", "duplicate with a conflicting label"
-            else:
-                for i in idx[1:]:
-                    split[i], note[i] = "dropped", f"duplicate of {ds.ids[idx[0]]}"
 
-    # groups (of the items still to place) that must not straddle splits
-    group_of: dict[int, int] = {}
-    for gi, g in enumerate(all_groups):
-        for i in g:
-            group_of[pos[i]] = gi
-    todo = [k for k in range(len(ds)) if k not in split]
-    units: dict[object, list[int]] = defaultdict(list)
-    for k in todo:
-        key = ("g", group_of[k]) if (k in group_of and not config.allow_leaks) else ("i", k)
-        units[key].append(k)
-
-    given = ds.given_splits if config.respect_given else [None] * len(ds)
-    has_given = any(g is not None for g in (given[k] for k in todo))
-    names = list(SPLITS)
+def _place_given(split: dict, units: list[list[int]], given: list, labels, config: SplitConfig) -> None:
+    """Given test (and val) items keep their split even when a twin sits in the given train:
+    moving them would change an official test set; the leak is flagged (dup_in_train) instead.
+    Without a given val, val is carved group-aware out of the given train."""
     fr = list(config.fractions)
-    if has_given:
-        # given test (and val) items keep their split even when a twin sits in the given train:
-        # moving them would change an official test set; the leak is flagged (dup_in_train) instead.
-        # Without a given val, val is carved group-aware out of the given train.
-        has_val = any(given[k] == "val" for k in todo)
-        pool = []
-        for u in units.values():
-            rest = []
-            for k in u:
-                if given[k] in ("test", "val"):
-                    split[k] = given[k]
-                else:
-                    rest.append(k)
-            if not rest:
-                continue
-            if has_val or fr[1] == 0:
-                for k in rest:
-                    split[k] = "train"
+    has_val = any(given[k] == "val" for u in units for k in u)
+    pool = []
+    for u in units:
+        rest = []
+        for k in u:
+            if given[k] in ("test", "val"):
+                split[k] = given[k]
             else:
-                pool.append(rest)
-        if pool:
-            tv = fr[0] + fr[1]
-            strata = [_majority(labels, u) for u in pool]
-            split.update(_assign(pool, strata, [fr[0] / tv, fr[1] / tv], ["train", "val"], config.seed))
-    else:
-        ulist = list(units.values())
-        split.update(_assign(ulist, [_majority(labels, u) for u in ulist], fr, names, config.seed))
+                rest.append(k)
+        if not rest:
+            continue
+        if has_val or fr[1] == 0:
+            for k in rest:
+                split[k] = "train"
+        else:
+            pool.append(rest)
+    if pool:
+        tv = fr[0] + fr[1]
+        strata = [_majority(labels, u) for u in pool]
+        split.update(_assign(pool, strata, [fr[0] / tv, fr[1] / tv], ["train", "val"], config.seed))
 
-    # leakage check: test (and val) items sharing a duplicate group with a training item
-    train_groups = {group_of[k] for k in range(len(ds)) if split[k] == "train" and k in group_of}
-    dup_in_train = {
-        k for k in range(len(ds)) if k in group_of and group_of[k] in train_groups and split[k] != "train"
-    }
-    rows = []
-    for k in range(len(ds)):
-        rows.append(
-            {
-                "id": ds.ids[k],
-                "label": labels[k] or "",
-                "split": split[k],
-                "group": group_of.get(k, ""),
-                "dup_in_train": int(k in dup_in_train),
-                "note": note.get(k, ""),
-            }
-        )
+
+def _counts(ds, labels, split: dict, all_groups, dup_in_train: set[int]) -> dict:
+    """Per split and class, and how the duplicate groups fared."""
+    pos = {i: k for k, i in enumerate(ds.ids)}
     per_split = {
         s: Counter(labels[k] for k in range(len(ds)) if split[k] == s) for s in (*SPLITS, "unseen", "dropped")
     }
@@ -220,12 +248,7 @@ def make_split(
     in_play = [[i for i in g if split[pos[i]] in SPLITS] for g in all_groups]
     in_play = [g for g in in_play if len(g) > 1]
     kept_together = [g for g in in_play if len({split[pos[i]] for i in g}) == 1]
-    summary = {
-        "schema": "camscope.split/1",
-        "config": {**asdict(config), "fractions": list(config.fractions)},
-        "selected_classes": selected,
-        "unseen_classes": unseen,
-        "given_splits_respected": has_given,
+    return {
         "counts": {s: dict(sorted(c.items())) for s, c in per_split.items()},
         "totals": {s: sum(c.values()) for s, c in per_split.items()},
         "duplicate_groups": len(in_play),
@@ -233,10 +256,7 @@ def make_split(
         "items_in_duplicate_groups": sum(len(g) for g in in_play),
         "test_items_with_duplicate_in_train": sum(1 for k in dup_in_train if split[k] == "test"),
         "val_items_with_duplicate_in_train": sum(1 for k in dup_in_train if split[k] == "val"),
-        "dataset_hash": ds.info.get("dataset_hash"),
-        "audit_used": audit is not None,
     }
-    return SplitResult(rows, summary)
 
 
 def _majority(labels: list[str | None], unit: list[int]) -> str:

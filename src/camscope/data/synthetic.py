@@ -130,31 +130,50 @@ def class_layout(spec: CoinSpec) -> tuple[list[str], list[str]]:
 def _render_side(
     rng: np.random.Generator, labels: np.ndarray, spec: CoinSpec, side: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images N x H x W x 3, evidence masks N x H x W) of one side. The random draws come
+    in a fixed order, so a seed always renders the same coins."""
     n, h = len(labels), spec.size
-    carries = side == 0 or spec.evidence_sides == "both"
-    # the reverse shows the class shapes in another order, so the two sides look different
-    emb_order = EMBLEMS if side == 0 else [*EMBLEMS[:3][::-1], *EMBLEMS[3:]]
-    rim_order = RIMS if side == 0 else [*RIMS[:3][::-1], *RIMS[3:]]
-    neutral_emb = emb_order[3:]
-    neutral_rim = rim_order[3:]
+    x, y, r, phi, yy = _coin_geometry(rng, n, h, spec.rotate)
+    relief, mask = _relief(rng, labels, spec, side, x, y, r, phi)
+    relief = np.maximum(relief, _legend(rng, n, r, phi))
+    img = _shade(rng, spec, relief, _patina(rng, n, x, y), x, y, r, yy)
+    if spec.blur > 0:
+        sig = rng.uniform(0, spec.blur, n)
+        for i in range(n):
+            if sig[i] > 0.15:
+                img[i] = np.asarray(
+                    Image.fromarray(img[i]).filter(ImageFilter.GaussianBlur(float(sig[i]) * h / 64))
+                )
+    return img, mask
 
+
+def _coin_geometry(rng: np.random.Generator, n: int, h: int, rotate: bool):
+    """Per pixel and coin: coordinates in coin radii (x, y), radius r and angle phi, each coin
+    slightly off-centre, of a random size and (with ``rotate``) turned; and the image's rows."""
     lin = ((np.arange(h) + 0.5) / h * 2 - 1).astype(np.float32)
     yy, xx = np.meshgrid(lin, lin, indexing="ij")
     cx = rng.uniform(-0.04, 0.04, n).astype(np.float32)[:, None, None]
     cy = rng.uniform(-0.04, 0.04, n).astype(np.float32)[:, None, None]
     radius = rng.uniform(0.78, 0.88, n).astype(np.float32)[:, None, None]
-    theta = (rng.uniform(0, 2 * np.pi, n) if spec.rotate else np.zeros(n)).astype(np.float32)[:, None, None]
+    theta = (rng.uniform(0, 2 * np.pi, n) if rotate else np.zeros(n)).astype(np.float32)[:, None, None]
     dx, dy = (xx[None] - cx) / radius, (yy[None] - cy) / radius
     x = dx * np.cos(theta) + dy * np.sin(theta)
     y = -dx * np.sin(theta) + dy * np.cos(theta)
-    r = np.sqrt(x**2 + y**2)
-    phi = np.arctan2(y, x)
+    return x, y, np.sqrt(x**2 + y**2), np.arctan2(y, x), yy
 
+
+def _relief(rng, labels, spec: CoinSpec, side: int, x, y, r, phi) -> tuple[np.ndarray, np.ndarray]:
+    """The emblem and the rim pattern of each coin (the class's where this side carries the
+    evidence, else neutral ones), and the mask of the evidence region."""
+    n, h = len(labels), spec.size
+    carries = side == 0 or spec.evidence_sides == "both"
+    # the reverse shows the class shapes in another order, so the two sides look different
+    emb_order = EMBLEMS if side == 0 else [*EMBLEMS[:3][::-1], *EMBLEMS[3:]]
+    rim_order = RIMS if side == 0 else [*RIMS[:3][::-1], *RIMS[3:]]
+    neutral_emb, neutral_rim = emb_order[3:], rim_order[3:]
     is_centre = labels < spec.centre_classes
-    emb_idx = rng.integers(len(neutral_emb), size=n)
-    rim_idx = rng.integers(len(neutral_rim), size=n)
-    emb = np.array(neutral_emb, dtype=object)[emb_idx]
-    rim = np.array(neutral_rim, dtype=object)[rim_idx]
+    emb = np.array(neutral_emb, dtype=object)[rng.integers(len(neutral_emb), size=n)]
+    rim = np.array(neutral_rim, dtype=object)[rng.integers(len(neutral_rim), size=n)]
     mask = np.zeros((n, h, h), dtype=bool)
     if carries:
         c_sel, r_sel = is_centre, ~is_centre
@@ -170,23 +189,34 @@ def _render_side(
     for kind in set(rim):
         sel = rim == kind
         relief[sel] = np.maximum(relief[sel], _rim(kind, r[sel], phi[sel]))
+    return relief, mask
 
-    # per-coin identity that carries no class evidence: a legend band of random glyphs between the
-    # centre and the rim (0.53-0.63 of the radius, outside both evidence regions) and a patina
-    # field; without them two coins of a class would be near-duplicates of each other
+
+# Per-coin identity that carries no class evidence: a legend band of random glyphs between the
+# centre and the rim (0.53-0.63 of the radius, outside both evidence regions) and a patina field;
+# without them two coins of a class would be near-duplicates of each other.
+
+
+def _legend(rng, n: int, r, phi) -> np.ndarray:
     ks = rng.integers(9, 31, (n, 6)).astype(np.float32)[:, :, None, None]
     ph = rng.uniform(0, 2 * np.pi, (n, 6)).astype(np.float32)[:, :, None, None]
     glyphs = np.cos(ks * phi[:, None] + ph).sum(1)
-    legend = _soft(np.abs(r - 0.585) - 0.045) * (glyphs > 1.0)
-    relief = np.maximum(relief, 0.8 * legend)
+    return 0.8 * (_soft(np.abs(r - 0.585) - 0.045) * (glyphs > 1.0))
+
+
+def _patina(rng, n: int, x, y) -> np.ndarray:
     fx = rng.uniform(1.5, 4.0, (n, 3)).astype(np.float32)[:, :, None, None]
     fy = rng.uniform(1.5, 4.0, (n, 3)).astype(np.float32)[:, :, None, None]
     fp = rng.uniform(0, 2 * np.pi, (n, 3)).astype(np.float32)[:, :, None, None]
-    patina = 0.14 * np.sin(fx * x[:, None] + fy * y[:, None] + fp).sum(1)
+    return 0.14 * np.sin(fx * x[:, None] + fy * y[:, None] + fp).sum(1)
 
+
+def _shade(rng, spec: CoinSpec, relief, patina, x, y, r, yy) -> np.ndarray:
+    """Metal tone, lighting from a random direction (relief brighter, rim edge darker), on a
+    background of random brightness, with sensor noise: uint8 N x H x W x 3."""
+    n = len(relief)
     disk = _soft(r - 1.0, 0.03)
     edge = _soft(np.abs(r - 0.985) - 0.012)
-    # metal tone, lighting from a random direction, relief brighter and rim edge darker
     tones = np.array([[0.80, 0.62, 0.36], [0.75, 0.75, 0.78], [0.90, 0.76, 0.35], [0.55, 0.42, 0.30]])
     tone = (tones[rng.integers(len(tones), size=n)] * rng.uniform(0.85, 1.1, (n, 1))).astype(np.float32)
     alpha = rng.uniform(0, 2 * np.pi, n).astype(np.float32)[:, None, None]
@@ -197,15 +227,7 @@ def _render_side(
     bg = bg_level + rng.uniform(-0.05, 0.05, (n, 1, 1, 3)).astype(np.float32) + 0.05 * yy[None, ..., None]
     img = disk[..., None] * coin + (1 - disk[..., None]) * bg
     img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(spec.noise)
-    img = np.clip(img * 255 + 0.5, 0, 255, out=img).astype(np.uint8)
-    if spec.blur > 0:
-        sig = rng.uniform(0, spec.blur, n)
-        for i in range(n):
-            if sig[i] > 0.15:
-                img[i] = np.asarray(
-                    Image.fromarray(img[i]).filter(ImageFilter.GaussianBlur(float(sig[i]) * h / 64))
-                )
-    return img, mask
+    return np.clip(img * 255 + 0.5, 0, 255, out=img).astype(np.uint8)
 
 
 def generate(spec: CoinSpec | None = None, **kwargs) -> SyntheticCoins:

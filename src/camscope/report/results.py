@@ -166,6 +166,32 @@ def collect_results(root: str | Path) -> dict:
             k: {kk: v.get(kk) for kk in ("kind", "status", "seconds", "error", "summary") if kk in v}
             for k, v in stages.items()
         }
+    results["data"] = _data_section(root)
+    experiments = []
+    if study:
+        experiments = [_experiment_section(root, exp) for exp in study["experiments"]]
+    elif is_run:
+        split = _json(root / "split.json")
+        entry = {"name": root.name, "description": "a single training run", "run": _run_section(root, root)}
+        if split:
+            entry["split"] = {k: split[k] for k in SPLIT_KEYS if k in split}
+        experiments.append(entry)
+    results["experiments"] = experiments
+    hashes = {e["name"]: e.get("run", {}).get("dataset_hash") for e in experiments}
+    results["provenance"]["dataset_hashes"] = {k: v for k, v in hashes.items() if v}
+    if study:
+        results["provenance"]["seeds"] = {
+            "study": study.get("seed"),
+            "split": study.get("split", {}).get("seed"),
+        }
+    return results
+
+
+SPLIT_KEYS = ("counts", "totals", "selected_classes", "unseen_classes")
+
+
+def _data_section(root: Path) -> dict:
+    """The source, its audit and the prepared dataset of a study run folder."""
     data: dict = {}
     src = _json(root / "source.json")
     if src:
@@ -208,54 +234,33 @@ def collect_results(root: str | Path) -> dict:
             "excluded_by_reason": reasons,
             "excluded_examples": ds.info["excluded"][:20],
         }
-    results["data"] = data
+    return data
 
-    experiments = []
-    if study:
-        for exp in study["experiments"]:
-            d = root / exp["name"]
-            entry: dict = {"name": exp["name"], "description": exp.get("description", ""), "spec": exp}
-            split = _json(d / "split.json")
-            if split:
-                entry["split"] = {
-                    k: split[k]
-                    for k in ("counts", "totals", "selected_classes", "unseen_classes")
-                    if k in split
-                }
-                entry["split"].update(
-                    {
-                        k: v
-                        for k, v in split.get("summary", split).items()
-                        if k.startswith(("duplicate", "test_items", "items_in"))
-                    }
-                )
-            sel = _json(d / "selection.json")
-            if sel:
-                entry["selection"] = sel
-                run = Path(sel["run_dir"])
-                if run.is_dir():
-                    entry["run"] = _run_section(root, run)
-                    entry["candidate_curves"] = {
-                        c["name"]: _candidate_history(Path(c["run_dir"])) for c in sel["candidates"]
-                    }
-            experiments.append(entry)
-    elif is_run:
-        split = _json(root / "split.json")
-        entry = {"name": root.name, "description": "a single training run", "run": _run_section(root, root)}
-        if split:
-            entry["split"] = {
-                k: split[k] for k in ("counts", "totals", "selected_classes", "unseen_classes") if k in split
+
+def _experiment_section(root: Path, exp: dict) -> dict:
+    """One experiment of a study: its split, the selection among candidates, the selected run."""
+    d = root / exp["name"]
+    entry: dict = {"name": exp["name"], "description": exp.get("description", ""), "spec": exp}
+    split = _json(d / "split.json")
+    if split:
+        entry["split"] = {k: split[k] for k in SPLIT_KEYS if k in split}
+        entry["split"].update(
+            {
+                k: v
+                for k, v in split.get("summary", split).items()
+                if k.startswith(("duplicate", "test_items", "items_in"))
             }
-        experiments.append(entry)
-    results["experiments"] = experiments
-    hashes = {e["name"]: e.get("run", {}).get("dataset_hash") for e in experiments}
-    results["provenance"]["dataset_hashes"] = {k: v for k, v in hashes.items() if v}
-    if study:
-        results["provenance"]["seeds"] = {
-            "study": study.get("seed"),
-            "split": study.get("split", {}).get("seed"),
-        }
-    return results
+        )
+    sel = _json(d / "selection.json")
+    if sel:
+        entry["selection"] = sel
+        run = Path(sel["run_dir"])
+        if run.is_dir():
+            entry["run"] = _run_section(root, run)
+            entry["candidate_curves"] = {
+                c["name"]: _candidate_history(Path(c["run_dir"])) for c in sel["candidates"]
+            }
+    return entry
 
 
 def _candidate_history(run: Path) -> list[dict]:

@@ -70,6 +70,13 @@ class Explainer:
         if prepared is not None:
             self.test_images, self.test_labels, self.test_ids = run.split_tensors("test")
 
+    def test_image(self, index: int) -> torch.Tensor:
+        if self.test_images is None:
+            raise HTTPException(404, "no test set: start the server with --data PREPARED")
+        if not 0 <= index < len(self.test_ids):
+            raise HTTPException(404, f"test image {index} does not exist (0..{len(self.test_ids) - 1})")
+        return self.test_images[index : index + 1]
+
     def prepare(self, blobs: list[bytes]) -> torch.Tensor:
         if len(blobs) != self.sides:
             raise HTTPException(
@@ -124,15 +131,24 @@ def create_app(
 ) -> FastAPI:
     run = Path(run_dir).resolve()
     ex = Explainer(run, Path(prepared) if prepared else None, device, max_pixels)
-    report_path = Path(report).resolve() if report else None
-    if report_path is None:
-        # a training run's own report, or the study's (RUN/<experiment>/candidates/<name>/)
-        for cand in (run / "report.html", run.parent.parent.parent / "report.html"):
-            if cand.is_file():
-                report_path = cand
-                break
+    report_path = Path(report).resolve() if report else _find_report(run)
     app = FastAPI(title="camscope", docs_url=None, redoc_url=None, openapi_url=None)
+    _limit_bodies(app, ex, max_bytes)
+    _page_and_info(app, ex, max_bytes, report_path)
+    _test_images(app, ex)
+    _explain(app, ex, max_bytes)
+    return app
 
+
+def _find_report(run: Path) -> Path | None:
+    # a training run's own report, or the study's (RUN/<experiment>/candidates/<name>/)
+    for cand in (run / "report.html", run.parent.parent.parent / "report.html"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _limit_bodies(app: FastAPI, ex: Explainer, max_bytes: int) -> None:
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         # refuse early on the declared size; the upload reader enforces it on the real bytes too
@@ -145,6 +161,8 @@ def create_app(
             )
         return await call_next(request)
 
+
+def _page_and_info(app: FastAPI, ex: Explainer, max_bytes: int, report_path: Path | None) -> None:
     @app.get("/", response_class=HTMLResponse)
     def page():
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
@@ -164,13 +182,14 @@ def create_app(
             "max_bytes": max_bytes,
         }
 
-    def _test(index: int) -> torch.Tensor:
-        if ex.test_images is None:
-            raise HTTPException(404, "no test set: start the server with --data PREPARED")
-        if not 0 <= index < len(ex.test_ids):
-            raise HTTPException(404, f"test image {index} does not exist (0..{len(ex.test_ids) - 1})")
-        return ex.test_images[index : index + 1]
+    @app.get("/report")
+    def report_page():
+        if report_path is None:
+            raise HTTPException(404, "this run has no report.html: camscope report RUN writes one")
+        return FileResponse(report_path, media_type="text/html")
 
+
+def _test_images(app: FastAPI, ex: Explainer) -> None:
     @app.get("/api/test-images")
     def test_images(offset: int = Query(0, ge=0), limit: int = Query(48, ge=1, le=500)):
         if ex.test_images is None:
@@ -186,11 +205,21 @@ def create_app(
 
     @app.get("/api/test-images/{index}.png")
     def test_image_png(index: int):
-        img = displayable(_test(index))[0].numpy().transpose(1, 2, 0)
+        img = displayable(ex.test_image(index))[0].numpy().transpose(1, 2, 0)
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(img)).save(buf, "PNG")
         return Response(buf.getvalue(), media_type="image/png")
 
+    @app.get("/api/explain-test/{index}")
+    def explain_test(
+        index: int, method: str = "gradcam", layer: str = "", target: str = "pred", top_k: int = 3
+    ):
+        res = ex.explain(ex.test_image(index), method, layer or None, target, top_k)
+        res["true_label"] = ex.classes[int(ex.test_labels[index])]
+        return res
+
+
+def _explain(app: FastAPI, ex: Explainer, max_bytes: int) -> None:
     @app.post("/api/explain")
     async def explain_upload(
         files: list[UploadFile] = File(..., description="one image per side"),
@@ -209,22 +238,6 @@ def create_app(
             blobs.append(data)
         x = ex.prepare(blobs)
         return ex.explain(x, method, layer or None, target, top_k)
-
-    @app.get("/api/explain-test/{index}")
-    def explain_test(
-        index: int, method: str = "gradcam", layer: str = "", target: str = "pred", top_k: int = 3
-    ):
-        res = ex.explain(_test(index), method, layer or None, target, top_k)
-        res["true_label"] = ex.classes[int(ex.test_labels[index])]
-        return res
-
-    @app.get("/report")
-    def report_page():
-        if report_path is None:
-            raise HTTPException(404, "this run has no report.html: camscope report RUN writes one")
-        return FileResponse(report_path, media_type="text/html")
-
-    return app
 
 
 def serve(

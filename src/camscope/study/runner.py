@@ -20,7 +20,7 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 
@@ -163,14 +163,7 @@ class StudyRun:
             self.root / "study.resolved.json", json.dumps(self.study.model_dump(mode="json"), indent=1)
         )
         plan = self.stages()
-        force_from = None
-        if from_stage:
-            force_from = next((i for i, st in enumerate(plan) if from_stage in (st.name, st.kind)), None)
-            if force_from is None:
-                raise CamscopeError(
-                    f"no stage {from_stage!r} in this study",
-                    "stages: " + ", ".join(st.name for st in plan),
-                )
+        force_from = _stage_index(plan, from_stage) if from_stage else None
         keys: dict[str, str] = {}
         t_all = time.perf_counter()
         ran, skipped = [], []
@@ -182,37 +175,8 @@ class StudyRun:
                 skipped.append(st.name)
                 self.console.print(f"[dim]= {st.name}: unchanged, skipped[/]")
                 continue
-            self.console.rule(f"{st.name}")
-            self.log.started(st, key)
-            t0 = time.perf_counter()
-            try:
-                summary = st.run() or {}
-            except BaseException as e:
-                seconds = time.perf_counter() - t0
-                if isinstance(e, CamscopeError):
-                    msg = e.message
-                elif isinstance(e, KeyboardInterrupt):
-                    msg = "interrupted"
-                else:
-                    msg = f"{type(e).__name__}: {e}"
-                self.log.failed(st, key, seconds, msg)
-                logs = self.root / "logs"
-                logs.mkdir(exist_ok=True)
-                (logs / f"{safe_filename(st.name)}.log").write_text(traceback.format_exc(), encoding="utf-8")
-                if isinstance(e, KeyboardInterrupt | CamscopeError):
-                    raise
-                raise CamscopeError(
-                    f"stage {st.name} failed: {msg}",
-                    f"the traceback is in {logs / (safe_filename(st.name) + '.log')}; "
-                    "finished stages are kept, "
-                    "rerun the same command to continue from this one",
-                ) from e
-            seconds = time.perf_counter() - t0
-            if st.kind not in ("source", "audit", "prepare", "split", "train", "report"):
-                atomic_write_text(self.exp_dir(self._exp_of(st)) / f"{st.kind}.done", key)
-            self.log.finished(st, key, seconds, summary)
+            self._run_stage(st, key)
             ran.append(st.name)
-            self.console.print(f"[green]done[/] {st.name} in {seconds:.1f} s")
         return {
             "root": str(self.root),
             "ran": ran,
@@ -220,6 +184,41 @@ class StudyRun:
             "seconds": time.perf_counter() - t_all,
             "report": str(self.root / "report.html") if self.study.report else None,
         }
+
+    def _run_stage(self, st: Stage, key: str) -> None:
+        """Run one stage and record how it ended; a failure keeps its traceback in RUN/logs/."""
+        self.console.rule(f"{st.name}")
+        self.log.started(st, key)
+        t0 = time.perf_counter()
+        try:
+            summary = st.run() or {}
+        except BaseException as e:
+            self._failed(st, key, time.perf_counter() - t0, e)
+        seconds = time.perf_counter() - t0
+        if st.kind not in ("source", "audit", "prepare", "split", "train", "report"):
+            atomic_write_text(self.exp_dir(self._exp_of(st)) / f"{st.kind}.done", key)
+        self.log.finished(st, key, seconds, summary)
+        self.console.print(f"[green]done[/] {st.name} in {seconds:.1f} s")
+
+    def _failed(self, st: Stage, key: str, seconds: float, e: BaseException) -> NoReturn:
+        if isinstance(e, CamscopeError):
+            msg = e.message
+        elif isinstance(e, KeyboardInterrupt):
+            msg = "interrupted"
+        else:
+            msg = f"{type(e).__name__}: {e}"
+        self.log.failed(st, key, seconds, msg)
+        logs = self.root / "logs"
+        logs.mkdir(exist_ok=True)
+        (logs / f"{safe_filename(st.name)}.log").write_text(traceback.format_exc(), encoding="utf-8")
+        if isinstance(e, KeyboardInterrupt | CamscopeError):
+            raise e
+        raise CamscopeError(
+            f"stage {st.name} failed: {msg}",
+            f"the traceback is in {logs / (safe_filename(st.name) + '.log')}; "
+            "finished stages are kept, "
+            "rerun the same command to continue from this one",
+        ) from e
 
     def _exp_of(self, st: Stage) -> Experiment:
         name = st.name.split(":", 1)[1]
@@ -544,6 +543,15 @@ class StudyRun:
         path = write_report(results, self.root)
         self.console.print(f"report: [bold]{path}[/]")
         return {"report": str(path)}
+
+
+def _stage_index(plan: list[Stage], name: str) -> int:
+    i = next((i for i, st in enumerate(plan) if name in (st.name, st.kind)), None)
+    if i is None:
+        raise CamscopeError(
+            f"no stage {name!r} in this study", "stages: " + ", ".join(st.name for st in plan)
+        )
+    return i
 
 
 def _source_fingerprint(spec, run_root: Path | None = None) -> str | list | None:
