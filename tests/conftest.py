@@ -1,28 +1,25 @@
+"""Fixtures shared by the test modules; helpers are in tests/helpers.py."""
+
 from __future__ import annotations
 
-import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 os.environ.setdefault("CAMSCOPE_PROGRESS", "0")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def jpeg_bytes(arr: np.ndarray, quality: int = 92) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def random_image(rng: np.random.Generator, size: int = 48) -> np.ndarray:
-    """A smooth random colour image with structure (not white noise)."""
-    small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC))
+from camscope.cli import app  # noqa: E402 - the environment first
+from tests.helpers import (  # noqa: E402
+    cli_train,
+    copy_run,
+    jpeg_bytes,
+    random_image,
+    runner,
+    synthetic_prepared,
+)
 
 
 @pytest.fixture
@@ -46,8 +43,28 @@ def messy(tmp_path_factory):
     return manifest, planted
 
 
-def requires_shared(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (real datasets live in ../shared/data on development machines)")
-    return path
+@dataclass
+class TrainedRun:
+    run: Path
+    prepared: Path
+    dataset: object  # the PreparedDataset
+    unseen: str  # the class left out of training
+
+    def copy(self, dst: Path) -> Path:
+        """A copy of the run folder for a test that writes into it or breaks it."""
+        return copy_run(self.run, dst)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> TrainedRun:
+    """One tiny run for every test that needs a trained model but not a particular one: gray_cnn,
+    2 epochs on 80 two-sided synthetic coins of 16 px, rim_ticks left out as the unseen class.
+    Tests that write into a run use ``trained_run.copy(tmp_path / "run")``."""
+    tmp = tmp_path_factory.mktemp("trained")
+    ds, prepared = synthetic_prepared(tmp / "p.safetensors", n=80, seed=1)
+    run = tmp / "run"
+    classes = "centre_cross,centre_ring,rim_dots"
+    r = runner.invoke(app, ["split", str(prepared), "--out", str(run), "--classes", classes])
+    assert r.exit_code == 0, r.output
+    cli_train(prepared, run, "gray_cnn", 2)
+    return TrainedRun(run, prepared, ds, "rim_ticks")

@@ -18,8 +18,7 @@ from PIL import Image
 
 from camscope.cli import app
 from camscope.data.messy import giant_png_header
-from tests.conftest import jpeg_bytes, random_image
-from tests.helpers import cli_train, runner, synthetic_prepared
+from tests.helpers import cli_train, jpeg_bytes, random_image, runner, synthetic_prepared
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -224,32 +223,18 @@ def test_csv_parser_never_crashes(tmp_path, rows, delimiter):
 # -- checkpoints ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ck")
-    _, prepared = synthetic_prepared(tmp / "p.safetensors", n=40, seed=5)
-    run = tmp / "run"
-    cli_train(prepared, run)
-    return run, prepared
-
-
-def _copy_run(src: Path, dst: Path) -> Path:
-    import shutil
-
-    shutil.copytree(src, dst)
-    return dst
-
-
-def test_truncated_checkpoint(trained, tmp_path):
-    run = _copy_run(trained[0], tmp_path / "run")
+def test_truncated_checkpoint(trained_run, tmp_path):
+    run = trained_run.copy(tmp_path / "run")
     for tag in ("best", "last"):
         data = (run / f"{tag}.safetensors").read_bytes()
         (run / f"{tag}.safetensors").write_bytes(data[: len(data) // 3])
-    one_line_error(runner.invoke(app, ["evaluate", str(run), "--data", str(trained[1])]), "safetensors")
+    one_line_error(
+        runner.invoke(app, ["evaluate", str(run), "--data", str(trained_run.prepared)]), "safetensors"
+    )
 
 
-def test_pickle_posing_as_a_checkpoint_is_never_unpickled(trained, tmp_path):
-    run = _copy_run(trained[0], tmp_path / "run")
+def test_pickle_posing_as_a_checkpoint_is_never_unpickled(trained_run, tmp_path):
+    run = trained_run.copy(tmp_path / "run")
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -258,13 +243,13 @@ def test_pickle_posing_as_a_checkpoint_is_never_unpickled(trained, tmp_path):
 
     for tag in ("best", "last"):
         (run / f"{tag}.safetensors").write_bytes(pickle.dumps(Evil()))
-    res = runner.invoke(app, ["evaluate", str(run), "--data", str(trained[1])])
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(trained_run.prepared)])
     one_line_error(res)
     assert not marker.exists()
 
 
-def test_sidecar_with_missing_keys(trained, tmp_path):
-    run = _copy_run(trained[0], tmp_path / "run")
+def test_sidecar_with_missing_keys(trained_run, tmp_path):
+    run = trained_run.copy(tmp_path / "run")
     from safetensors.torch import load_file, save_file
 
     for tag in ("best", "last"):
@@ -273,11 +258,11 @@ def test_sidecar_with_missing_keys(trained, tmp_path):
         meta.pop("model")
         save_file(tensors, run / f"{tag}.safetensors", metadata={"camscope": json.dumps(meta)})
         (run / f"{tag}.json").write_text(json.dumps(meta))
-    one_line_error(runner.invoke(app, ["evaluate", str(run), "--data", str(trained[1])]))
+    one_line_error(runner.invoke(app, ["evaluate", str(run), "--data", str(trained_run.prepared)]))
 
 
-def test_weights_for_another_architecture(trained, tmp_path):
-    run = _copy_run(trained[0], tmp_path / "run")
+def test_weights_for_another_architecture(trained_run, tmp_path):
+    run = trained_run.copy(tmp_path / "run")
     for tag in ("best", "last"):
         meta = json.loads((run / f"{tag}.json").read_text())
         meta["model"]["name"] = "deep_cnn"
@@ -290,11 +275,11 @@ def test_weights_for_another_architecture(trained, tmp_path):
             header = f.metadata()
         header = {k: (json.dumps(meta) if k == "camscope" else v) for k, v in header.items()}
         save_file(tensors, run / f"{tag}.safetensors", metadata=header)
-    res = runner.invoke(app, ["evaluate", str(run), "--data", str(trained[1])])
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(trained_run.prepared)])
     one_line_error(res)
 
 
-def test_evaluate_with_the_wrong_prepared_file(trained, tmp_path):
+def test_evaluate_with_the_wrong_prepared_file(trained_run, tmp_path):
     _, other = synthetic_prepared(tmp_path / "other.safetensors", n=40, seed=9)
-    res = runner.invoke(app, ["evaluate", str(trained[0]), "--data", str(other)])
+    res = runner.invoke(app, ["evaluate", str(trained_run.run), "--data", str(other)])
     one_line_error(res, "not the prepared dataset the run was trained on")

@@ -107,10 +107,8 @@ def test_train_command_makes_a_split_and_a_run(tmp_path):
     assert r.exit_code == 0 and "fastnet" in r.output
 
 
-def test_explain_command_writes_galleries(tmp_path):
-    _, prepared = synthetic_prepared(tmp_path / "p.safetensors", seed=4)
-    run = tmp_path / "run"
-    cli_train(prepared, run, "deep_cnn")
+def test_explain_command_writes_galleries(trained_run, tmp_path):
+    run, prepared = trained_run.copy(tmp_path / "run"), trained_run.prepared
     r = runner.invoke(
         app, ["explain", str(run), "--data", str(prepared), "--method", "gradcam++", "--per-class", "2"]
     )

@@ -5,26 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import COIN_OPTS
-from tests.test_study import TINY
-
-CLI = [sys.executable, "-m", "camscope.cli"]
-ENV = {**os.environ, "CAMSCOPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-
-
-def run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+from tests.helpers import CLI, COIN_OPTS, ENV, TINY, dead_pid, run_cli
 
 
 def kill_after(args: list[str], seconds: float) -> int:
@@ -160,12 +150,11 @@ def test_explain_killed_then_rerun_gives_the_same_maps(tmp_path):
 def test_an_orphaned_temp_file_is_swept_by_the_next_write(tmp_path):
     from camscope.utils import _HOST, atomic_write_text
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    gone_pid = dead_pid()
     # what a SIGKILL during a write leaves: the writer's host and (now dead) process in the name
-    orphan = tmp_path / f".a.json.camscope-{_HOST}-{gone.pid}-k1ll3d.tmp"
+    orphan = tmp_path / f".a.json.camscope-{_HOST}-{gone_pid}-k1ll3d.tmp"
     orphan.write_text("{half", encoding="utf-8")
-    other = tmp_path / f".b.json.camscope-{_HOST}-{gone.pid}-x.tmp"  # another artifact's: not this write's
+    other = tmp_path / f".b.json.camscope-{_HOST}-{gone_pid}-x.tmp"  # another artifact's: not this write's
     other.write_text("", encoding="utf-8")
     users = tmp_path / ".a.json.k1ll3d.tmp"  # not camscope's naming: never touched
     users.write_text("", encoding="utf-8")

@@ -66,10 +66,8 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_n():
     assert bootstrap_ci(pred, y, 3, resamples=100, seed=1) == bootstrap_ci(pred, y, 3, resamples=100, seed=1)
 
 
-def test_evaluate_command_end_to_end(tmp_path):
-    _, prepared = synthetic_prepared(tmp_path / "p.safetensors", n=80, seed=1)
-    run = tmp_path / "run"
-    cli_train(prepared, run, "gray_cnn", 2)
+def test_evaluate_command_end_to_end(trained_run, tmp_path):
+    run, prepared = trained_run.copy(tmp_path / "run"), trained_run.prepared
     r = runner.invoke(app, ["evaluate", str(run), "--data", str(prepared), "--bootstrap", "200"])
     assert r.exit_code == 0, r.output
     assert "leak-free" in r.output and "per class" in r.output

@@ -112,3 +112,37 @@ def test_occlusion_matches_captum():
     )
     assert torch.allclose(ours, ref[:, 0], atol=1e-5)
     assert torch.allclose(ref[:, 0], ref[:, 2], atol=1e-6)
+
+
+def test_one_registry_serves_the_engine_the_cli_the_page_and_the_study(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from camscope.cli import app
+    from camscope.explain.engine import saliency_maps
+    from camscope.explain.registry import METHODS, lookup, names
+    from camscope.serve.app import PAGE_METHODS
+    from camscope.study.config import Study
+    from tests.helpers import TINY
+
+    # every entry loads and gives (N, H, W) maps in [0, 1] for its targets
+    torch.manual_seed(0)
+    model = build_model("gray_cnn", 3, 1, (16, 16)).eval()
+    x = torch.randn(2, 1, 16, 16)
+    for key in METHODS:
+        maps = saliency_maps(model, x, key, torch.tensor([0, 2]))
+        assert maps.shape == (2, 16, 16) and maps.min() >= 0 and maps.max() <= 1 + 1e-6, key
+    assert lookup("Grad-CAM").key == "gradcam" and lookup("score-cam").key == "scorecam"
+    with pytest.raises(CamscopeError, match="unknown explanation method 'gradkam'.*gradcam, gradcam\\+\\+"):
+        lookup("gradkam")
+    with pytest.raises(CamscopeError, match="not a class activation map"):
+        explain(model, x, "occlusion")
+    assert names() == PAGE_METHODS and set(names(cams_only=True)) < set(names())
+    help_text = CliRunner().invoke(app, ["explain", "--help"], env={"COLUMNS": "300"}).output
+    assert all(k in help_text for k in METHODS)
+    # a study that names an unknown method is refused when it is read, before anything trains
+    exp = {**TINY["experiments"][0], "explain": {"methods": ["gradcam", "gradkam"]}}
+    raw = {**TINY, "experiments": [exp]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(CamscopeError, match="explain.methods.*unknown explanation method 'gradkam'"):
+        Study.from_yaml(tmp_path / "s.yaml")

@@ -6,7 +6,7 @@ from PIL import Image
 
 from camscope.data.imageio import ImageProblem, decode, fit, open_header, to_standard
 from camscope.data.messy import giant_png_header
-from tests.conftest import jpeg_bytes
+from tests.helpers import jpeg_bytes
 
 
 def _png(img: Image.Image) -> bytes:

@@ -12,7 +12,7 @@ from camscope.cli import app
 from camscope.errors import CamscopeError
 from camscope.models.inference import Preprocess
 from camscope.probes.masking import Geometry, mask, parse_sizes, summarise, sweep
-from tests.helpers import cli_train, runner, synthetic_prepared
+from tests.helpers import runner
 
 
 def test_mask_geometry():
@@ -71,10 +71,8 @@ def test_sweep_centre_model_fails_under_centre_masks_only():
     assert [r["accuracy"] for r in per_class] == [1.0, 1.0, 0.0, 0.0]
 
 
-def test_mask_command_end_to_end(tmp_path):
-    _, prepared = synthetic_prepared(tmp_path / "p.safetensors", seed=6)
-    run = tmp_path / "run"
-    cli_train(prepared, run)
+def test_mask_command_end_to_end(trained_run, tmp_path):
+    run, prepared = trained_run.copy(tmp_path / "run"), trained_run.prepared
     r = runner.invoke(
         app,
         [

@@ -7,7 +7,7 @@ import pytest
 from camscope.data.audit import audit
 from camscope.data.prepare import PrepareConfig, prepare
 from camscope.data.sources import CsvSource, FolderSource
-from tests.conftest import requires_shared
+from tests.helpers import requires_shared
 
 RULER = r"(?:Head|Bust)s? of (?:Divus )?([A-Z][a-z]+)"
 

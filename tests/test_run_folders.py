@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,11 +20,9 @@ from camscope.cli import app
 from camscope.errors import CamscopeError
 from camscope.folders import LOCK, MARKER, FolderBusy, claim, hold, run_kind
 from camscope.utils import atomic_write_text, sweep_orphan_temps, unique_stems
-from tests.helpers import cli_train, synthetic_prepared
+from tests.helpers import CLI, ENV, cli_train, dead_pid, synthetic_prepared, write_study
 
 runner = CliRunner()
-CLI = [sys.executable, "-m", "camscope.cli"]
-ENV = {**os.environ, "CAMSCOPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
 
 # a study that runs in seconds: messy coins on disk (so it has a source/ folder), one short training
 QUICK = {
@@ -46,17 +43,6 @@ QUICK = {
 }
 
 
-def write_yaml(path: Path, raw: dict) -> Path:
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return path
-
-
-def dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
 def test_run_refuses_a_folder_it_did_not_write_and_deletes_nothing(tmp_path):
     # the reproduction from the hardening issue: both files used to be deleted
     v = tmp_path / "v"
@@ -64,7 +50,7 @@ def test_run_refuses_a_folder_it_did_not_write_and_deletes_nothing(tmp_path):
     (v / "p" / "sub").mkdir(parents=True)
     (v / "source" / "main.py").write_text("x\n")
     (v / "p" / "sub" / ".draft.tmp").write_text("k\n")
-    study = write_yaml(tmp_path / "quick.yaml", QUICK)
+    study = write_study(tmp_path, QUICK)
     r = runner.invoke(app, ["run", str(study), "--out", str(v)])
     assert r.exit_code == 2, r.output
     assert "not a camscope run folder" in r.output and "'p', 'source'" in r.output
@@ -75,7 +61,7 @@ def test_run_refuses_a_folder_it_did_not_write_and_deletes_nothing(tmp_path):
 
 
 def test_a_run_folder_keeps_the_users_files_and_sweeps_only_its_own_orphans(tmp_path):
-    study = write_yaml(tmp_path / "quick.yaml", QUICK)
+    study = write_study(tmp_path, QUICK)
     out = tmp_path / "out"
     r = runner.invoke(app, ["run", str(study), "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -170,7 +156,7 @@ def test_a_held_folder_is_refused_with_the_holders_pid_and_freed_when_it_dies(tm
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and f"process {p.pid}" in r.output and "Traceback" not in r.output
         assert not (run / "metrics.jsonl").exists()
-        study = write_yaml(tmp_path / "quick.yaml", QUICK)
+        study = write_study(tmp_path, QUICK)
         claim(tmp_path / "srun", "study")
         q = start_holder(tmp_path / "srun")
         try:
@@ -190,9 +176,7 @@ def test_a_held_folder_is_refused_with_the_holders_pid_and_freed_when_it_dies(tm
 def test_two_runs_started_together_on_one_folder(tmp_path):
     # the reproduction from the hardening issue: a run failing on a swept temp file, a traceback,
     # or both succeeding with epoch 1 logged twice. Now exactly one runs, the other is refused.
-    study = write_yaml(
-        tmp_path / "tiny.yaml", {**QUICK, "source": {"kind": "synthetic", "n": 120, "size": 16}}
-    )
+    study = write_study(tmp_path, {**QUICK, "source": {"kind": "synthetic", "n": 120, "size": 16}})
     out = tmp_path / "conc"
     first = subprocess.Popen(
         [*CLI, "run", str(study), "--out", str(out)],

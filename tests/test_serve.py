@@ -17,7 +17,6 @@ from PIL import Image
 
 from camscope.data.messy import giant_png_header
 from camscope.serve.app import create_app
-from tests.helpers import cli_train, synthetic_prepared
 
 
 def png_bytes(size: int = 20, seed: int = 0) -> bytes:
@@ -28,11 +27,9 @@ def png_bytes(size: int = 20, seed: int = 0) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, trained_run):
     tmp = tmp_path_factory.mktemp("serve")
-    _, prepared = synthetic_prepared(tmp / "p.safetensors", n=60, seed=2)
-    run = tmp / "run"
-    cli_train(prepared, run)
+    run, prepared = trained_run.copy(tmp / "run"), trained_run.prepared
     (run / "report.html").write_text("<html><body>the report</body></html>", encoding="utf-8")
     app = create_app(run, prepared, max_bytes=200_000, max_pixels=1_000_000)
     return app, run, prepared
@@ -50,7 +47,7 @@ def upload(client, blobs, **form):
 
 def test_info_and_test_images(client):
     info = client.get("/api/info").json()
-    assert info["sides"] == 2 and len(info["classes"]) == 4
+    assert info["sides"] == 2 and len(info["classes"]) == 3  # the shared run leaves one class out
     assert info["layers"][0] == info["default_layer"] and "gradcam" in info["methods"]
     listing = client.get("/api/test-images?limit=5").json()
     assert listing["total"] > 0 and len(listing["items"]) == 5

@@ -8,38 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from camscope.cli import app
 from camscope.errors import CamscopeError
 from camscope.study.config import Study
-
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "source": {"kind": "synthetic", "n": 160, "size": 32},
-    "prepare": {"size": 24},
-    "experiments": [
-        {
-            "name": "top3",
-            "classes": {"top_k": 3},
-            "train": {"model": "gray_cnn", "epochs": 2, "batch_size": 32, "lr": 0.003, "flip": "none"},
-            "search": {"method": "grid", "params": {"lr": [0.0003, 0.003]}},
-            "analyses": ["evaluate", "explain", "faithfulness", "mask", "unseen", "features"],
-            "explain": {"methods": ["gradcam"], "per_class": 2, "faithfulness_images": 16},
-            "mask": {"sizes": [0.3, 0.6], "cam_images": 8},
-            "features": {"projections": ["pca"]},
-            "bootstrap": 50,
-        }
-    ],
-}
-
-
-def write_study(tmp_path: Path, raw: dict, name: str = "study.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return p
+from tests.helpers import TINY, write_study
 
 
 def test_validation_messages_name_the_key(tmp_path):

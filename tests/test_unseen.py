@@ -16,7 +16,7 @@ from camscope.probes.unseen import (
     logits_and_features,
     scores,
 )
-from tests.helpers import cli_train, runner, synthetic_prepared
+from tests.helpers import runner
 
 
 def test_auroc_and_fpr_by_hand():
@@ -65,14 +65,11 @@ def test_features_hook_and_consistency():
     }
 
 
-def test_unseen_command_end_to_end(tmp_path):
+def test_unseen_command_end_to_end(trained_run, tmp_path):
     import json
 
-    ds, prepared = synthetic_prepared(tmp_path / "p.safetensors", n=80, seed=7)
-    run = tmp_path / "run"
-    r = runner.invoke(app, ["split", str(prepared), "--out", str(run), "--classes", "centre_cross,rim_dots"])
-    assert r.exit_code == 0, r.output
-    cli_train(prepared, run)
+    ds, prepared = trained_run.dataset, trained_run.prepared
+    run = trained_run.copy(tmp_path / "run")
     r = runner.invoke(app, ["unseen", str(run), "--data", str(prepared), "--classes", "rim_ticks"])
     assert r.exit_code == 0, r.output
     res = json.loads((run / "probes" / "unseen" / "unseen.json").read_text())
@@ -85,7 +82,7 @@ def test_unseen_command_end_to_end(tmp_path):
     assert r.exit_code == 2 and "seen in training" in r.output
 
 
-def test_features_command_and_probes(tmp_path):
+def test_features_command_and_probes(trained_run, tmp_path):
     import json
 
     from camscope.probes.features import probe_accuracy
@@ -99,10 +96,8 @@ def test_features_command_and_probes(tmp_path):
     same = rng.normal(0, 1, (40, 4))
     assert probe_accuracy(same, labels, splits, {"a", "b"})["knn5_accuracy"] < 0.9
 
-    ds, prepared = synthetic_prepared(tmp_path / "p.safetensors", seed=8)
-    run = tmp_path / "run"
-    assert runner.invoke(app, ["split", str(prepared), "--out", str(run), "--top-k", "3"]).exit_code == 0
-    cli_train(prepared, run)
+    ds, prepared = trained_run.dataset, trained_run.prepared
+    run = trained_run.copy(tmp_path / "run")
     r = runner.invoke(app, ["features", str(run), "--data", str(prepared), "--projection", "pca,tsne"])
     assert r.exit_code == 0, r.output
     out = run / "probes" / "features"
