@@ -145,4 +145,4 @@ def test_run_commands_find_the_prepared_dataset_the_run_records(tmp_path):
     r = runner.invoke(app, ["mask", str(moved / "run")])
     assert r.exit_code == 2 and "no longer there" in r.output and "--data" in r.output
     r = runner.invoke(app, ["features", "--backbone", "resnet18"])
-    assert r.exit_code == 2 and "pass --data" in r.output
+    assert r.exit_code == 2 and "or --data PREPARED" in r.output

@@ -168,6 +168,47 @@ def test_optuna_search_when_installed(tmp_path):
     assert all(0.0003 <= c["overrides"]["lr"] <= 0.003 for c in sel["candidates"])
 
 
+def test_list_search_compares_whole_train_sections_and_reuses_a_twin(tmp_path):
+    raw = json.loads(json.dumps(TINY))
+    base = raw["experiments"][0]
+    base.pop("search")
+    base["analyses"] = ["evaluate"]
+    listed = {
+        **base,
+        "name": "side",
+        "search": {
+            "method": "list",
+            "candidates": [
+                {"name": "scratch", **base["train"]},  # the same as experiment top3: copied, not trained
+                {"name": "shorter", "model": "gray_cnn", "epochs": 1, "batch_size": 32, "flip": "none"},
+            ],
+        },
+    }
+    raw["experiments"].append(listed)
+    res = Study.from_yaml(write_study(tmp_path, raw)).run(tmp_path / "run")
+    root = Path(res["root"])
+    sel = json.loads((root / "side" / "selection.json").read_text())
+    assert [c["name"] for c in sel["candidates"]] == ["c00-scratch", "c01-shorter"]
+    first = json.loads((root / "top3" / "selection.json").read_text())["candidates"][0]
+    assert sel["candidates"][0]["value"] == first["value"]
+    assert sel["candidates"][0]["train_seconds"] == first["train_seconds"]  # copied: the same run
+    a = (root / "top3" / "candidates" / first["name"] / "best.safetensors").read_bytes()
+    assert a == (root / "side" / "candidates" / "c00-scratch" / "best.safetensors").read_bytes()
+    assert (
+        json.loads((root / "side" / "candidates" / "c01-shorter" / "best.json").read_text())["config"][
+            "epochs"
+        ]
+        == 1
+    )
+    bad = json.loads(json.dumps(raw))
+    bad["experiments"][1]["search"]["params"] = {"lr": [0.1]}
+    with pytest.raises(CamscopeError, match="method list takes candidates"):
+        Study.from_yaml(write_study(tmp_path, bad, "bad.yaml"))
+    bad["experiments"][1]["search"] = {"method": "list", "candidates": [{"lrr": 1}]}
+    with pytest.raises(CamscopeError, match="candidate 0: unknown training option 'lrr'"):
+        Study.from_yaml(write_study(tmp_path, bad, "bad.yaml"))
+
+
 def test_notebook_api(tiny_run):
     import camscope
 

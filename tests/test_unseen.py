@@ -9,13 +9,8 @@ import pytest
 import torch
 
 from camscope.cli import app
-from camscope.probes.unseen import (
-    auroc_and_fpr95,
-    fit_reference,
-    label_consistency,
-    logits_and_features,
-    scores,
-)
+from camscope.models.inference import logits_and_features
+from camscope.probes.unseen import auroc_and_fpr95, fit_reference, label_consistency, scores
 from tests.helpers import runner
 
 

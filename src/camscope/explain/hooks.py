@@ -72,6 +72,12 @@ def capture(
                     f"layer {layers[i][0]} returns {type(output).__name__}, not a tensor",
                     "target a layer whose output is a feature map",
                 )
+            if output.ndim != 4:
+                raise CamscopeError(
+                    f"layer {layers[i][0]} gives a {tuple(output.shape)} tensor, not a spatial feature map "
+                    "(N, C, H, W)",
+                    "target a convolutional layer",
+                )
             if replace is not None:
                 new = replace(i, output)
                 if new is not None:

@@ -91,3 +91,26 @@ def predict_logits(
     if not out:
         return torch.empty(0, 0)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def logits_and_features(
+    model: nn.Module, images: torch.Tensor, prep: Preprocess, head: str, batch: int = 512, device="cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the penultimate features (the input of the ``head`` module) of uint8 images,
+    in eval mode (the model's mode comes back after)."""
+    feats: list[torch.Tensor] = []
+    module = model.get_submodule(head)
+    handle = module.register_forward_hook(
+        lambda m, inp, out: feats.append(inp[0].detach().flatten(1).float().cpu())
+    )
+    was_training = model.training
+    model.eval()
+    logits = []
+    try:
+        for i in range(0, len(images), batch):
+            logits.append(model(prep(images[i : i + batch].to(device))).float().cpu())
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(logits), torch.cat(feats)

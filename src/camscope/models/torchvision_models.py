@@ -1,15 +1,14 @@
-"""Any torchvision classification model by name, with pretrained weights from a local file."""
+"""Any torchvision classification model by name, with ImageNet weights (torchvision's download
+and cache) or weights from a local file."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 import torchvision
 from torch import nn
 
 from camscope.errors import CamscopeError
 from camscope.models.resnet import adapt_first_conv
+from camscope.models.weights import IMAGENET, file_weights, no_weights_error, sha256_file
 
 # default CAM layer by family; other models get their last convolution
 _CAM_LAYERS = {
@@ -47,6 +46,11 @@ def default_cam_layer(model: nn.Module) -> str:
     layer = getattr(model, "camscope_cam_layer", None)
     if layer:
         return layer
+    if getattr(model, "camscope_no_spatial", False):
+        raise CamscopeError(
+            f"{type(model).__name__} has no spatial feature map (a vision transformer?): CAMs need a CNN",
+            "pick a convolutional model, or name a layer whose output is (N, C, H, W) with --layer",
+        )
     family = type(model).__name__.lower()
     names = dict(model.named_modules())
     for prefix, name in _CAM_LAYERS.items():
@@ -61,36 +65,11 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors, or from .pt/.pth read with ``weights_only`` (no code runs)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CamscopeError(f"weights file {p} not found", "give the path of a .safetensors or .pth file")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CamscopeError(
-            f"cannot read weights from {p}: {type(e).__name__}: {e}",
-            "save a plain state dict (torch.save(model.state_dict(), path)) or use safetensors",
-        ) from e
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CamscopeError(
-            f"{p} does not hold a state dict", "save it with torch.save(model.state_dict(), path)"
-        )
-    return state
-
-
 def build_torchvision(
     name: str, num_classes: int, in_channels: int, weights: str | None, **kwargs
 ) -> tuple[nn.Module, str, str]:
     """(model, default CAM layer, head module name) for torchvision's ``name``."""
-    tv = name[:-3] if name.endswith("_tv") else name
+    tv = name.removeprefix("tv:").removesuffix("_tv")
     names = torchvision_names()
     if tv not in names:
         from camscope.models.registry import available
@@ -102,8 +81,11 @@ def build_torchvision(
             + (f", e.g. {', '.join(close)}" if close else " (see torchvision.models.list_models())"),
         )
     model = torchvision.models.get_model(tv, weights=None, **kwargs)
+    model.camscope_weights = None
     if weights:
-        state = load_weights_file(weights)
+        state, model.camscope_weights, norm = _weights(tv, weights)
+        if norm:
+            model.camscope_norm = {k: v[:in_channels] for k, v in norm.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or len(missing) > 0:
             raise CamscopeError(
@@ -129,3 +111,28 @@ def build_torchvision(
     family = next((v for k, v in _CAM_LAYERS.items() if tv.startswith(k)), None)
     cam = family if family and family in dict(model.named_modules()) else last_conv_name(model)
     return model, cam, head
+
+
+def _weights(name: str, weights: str):
+    """(state dict, provenance, normalisation or None) of ``imagenet`` or a file."""
+    if weights != IMAGENET:
+        state, provenance = file_weights(weights)
+        return state, provenance, None
+    try:
+        w = torchvision.models.get_model_weights(name).DEFAULT
+    except ValueError:
+        raise no_weights_error(name, "torchvision publishes none for it") from None
+    try:
+        state = w.get_state_dict(progress=False, check_hash=True)
+    except Exception as e:  # no network and nothing in torch.hub's cache
+        raise no_weights_error(name, f"torchvision could not download them ({type(e).__name__})") from None
+    from pathlib import Path
+
+    import torch
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+    provenance = {"source": "torchvision", "weights": str(w), "url": w.url}
+    if cached.is_file():
+        provenance.update(file=str(cached), sha256=sha256_file(cached))
+    t = w.transforms()
+    return state, provenance, {"mean": list(t.mean), "std": list(t.std)}

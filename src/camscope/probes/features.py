@@ -16,7 +16,7 @@ import torch
 
 from camscope.data.channels import to_channels
 from camscope.errors import CamscopeError
-from camscope.probes.unseen import logits_and_features
+from camscope.models.inference import logits_and_features
 from camscope.runs import Run
 from camscope.utils import atomic_write_bytes, atomic_write_text
 
@@ -125,7 +125,7 @@ def features_run(
         "dim": int(f["features"].shape[1]),
         "probes": probes,
         "projections": sorted(proj),
-        "source": str(run.dir or run.meta["model"]["name"]),
+        "source": str(run.dir) if run.dir is not None else run.meta.get("source", run.meta["model"]["name"]),
     }
     atomic_write_text(out / "features.json", json.dumps(result, indent=1))
     return {**result, "out": str(out)}

@@ -22,26 +22,6 @@ from camscope.models.inference import Preprocess
 SCORES = ("max_softmax", "max_logit", "energy", "mahalanobis", "knn")
 
 
-@torch.no_grad()
-def logits_and_features(
-    model: nn.Module, images: torch.Tensor, prep: Preprocess, head: str, batch: int = 512, device="cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and the penultimate features (the input of the head module) of uint8 images."""
-    feats: list[torch.Tensor] = []
-    module = model.get_submodule(head)
-    handle = module.register_forward_hook(
-        lambda m, inp, out: feats.append(inp[0].detach().flatten(1).float().cpu())
-    )
-    model.eval()
-    logits = []
-    try:
-        for i in range(0, len(images), batch):
-            logits.append(model(prep(images[i : i + batch].to(device))).float().cpu())
-    finally:
-        handle.remove()
-    return torch.cat(logits), torch.cat(feats)
-
-
 @dataclass
 class Reference:
     """What the scores need from the training data: class means, shared precision, features."""

@@ -16,12 +16,12 @@ from camscope.errors import CamscopeError
 from camscope.explain.engine import saliency_maps
 from camscope.explain.overlay import overlay
 from camscope.figures import grid, save_png
+from camscope.models.inference import logits_and_features
 from camscope.probes.unseen import (
     SCORES,
     auroc_and_fpr95,
     fit_reference,
     label_consistency,
-    logits_and_features,
     scores,
 )
 from camscope.runs import Run

@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from camscope.data.audit import PROBLEM_KINDS
 from camscope.report.embed import ci, fig_png, img, pct
 from camscope.report.results import write_results
-from camscope.report.sections import experiment_view
+from camscope.report.sections import experiment_view, model_label, weights_label
 from camscope.utils import atomic_write_text
 
 
@@ -120,7 +120,8 @@ def _comparison_row(e: dict) -> dict | None:
     lf = run["evaluation"].get("leak_free", {})
     return {
         "name": e["name"],
-        "model": (run.get("model") or {}).get("name", "?"),
+        "model": model_label(run),
+        "weights": weights_label(run.get("weights")),
         "classes": len(run.get("classes") or []),
         "n": m["n"],
         "acc": pct(m["accuracy"]) + ci(m, "accuracy"),

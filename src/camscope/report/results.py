@@ -94,6 +94,7 @@ def _run_section(root: Path, run: Path) -> dict:
         "cam_layer": ck.get("cam_layer"),
         "classes": ck.get("classes"),
         "config": ck.get("config"),
+        "weights": ck.get("weights"),
         "dataset_hash": ck.get("dataset_hash"),
         "n_train": ck.get("n_train"),
         "n_val": ck.get("n_val"),

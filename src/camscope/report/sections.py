@@ -57,8 +57,33 @@ def _split(sp: dict | None) -> dict:
     return v
 
 
+def model_label(run: dict) -> str:
+    """The model's name, and how a pretrained one was trained (probe or fine-tune, joined or per side)."""
+    name = (run.get("model") or {}).get("name", "?")
+    cfg = run.get("config") or {}
+    if not run.get("weights"):
+        return name
+    mode = {"probe": "linear probe", "head": "head only", "head_then_full": "head, then all"}.get(
+        cfg.get("finetune"), "fine-tuned"
+    )
+    return f"{name} ({mode}" + (", each side on its own)" if cfg.get("two_sided") == "per_side" else ")")
+
+
+def weights_label(w: dict | None) -> str:
+    """Where pretrained weights came from, with the hash of the file read."""
+    if not w:
+        return "none (from scratch)"
+    where = {
+        "package": f"ImageNet, {w.get('package')} {w.get('version', '')}".strip(),
+        "timm": f"ImageNet, timm {w.get('hf_hub_id') or w.get('url')}",
+        "torchvision": f"ImageNet, torchvision {w.get('weights', '')}".strip(),
+        "file": f"file {Path(str(w.get('file'))).name}",
+    }.get(w.get("source"), str(w.get("source")))
+    return where + (f" (sha256 {w['sha256'][:12]}…)" if w.get("sha256") else "")
+
+
 def _training(root: Path, run: dict) -> dict:
-    model = (run.get("model") or {}).get("name", "?")
+    model = model_label(run)
     hist = run.get("history") or []
     best = run.get("best") or {}
     secs = run.get("train_seconds")
@@ -68,6 +93,8 @@ def _training(root: Path, run: dict) -> dict:
     )
     if best.get("value") is not None:
         line += f"; best {best.get('metric')} {best.get('value'):.4f} at epoch {best.get('epoch')}"
+    if run.get("weights"):
+        line += f"; pretrained weights: {weights_label(run['weights'])}"
     caption = "Learning curves: loss and accuracy per epoch, training and validation."
     return {
         "line": line,
@@ -85,7 +112,8 @@ def _selection(sel: dict | None, curves: dict, training: dict) -> dict:
         "candidates": [
             {
                 "name": c["name"],
-                "settings": ", ".join(f"{k}={val}" for k, val in c["overrides"].items()) or "recipe defaults",
+                "settings": ", ".join(f"{k}={val}" for k, val in c["overrides"].items() if k != "name")
+                or "recipe defaults",
                 "value": "–" if c["value"] is None else f"{c['value']:.4f}",
                 "epoch": c.get("best_epoch"),
                 "seconds": f"{c.get('train_seconds', 0):.0f}",
@@ -159,7 +187,7 @@ def _evaluation(root: Path, name: str, run: dict) -> tuple[dict | None, list[dic
             ),
         ),
     }
-    model = (run.get("model") or {}).get("name", "?")
+    model = model_label(run)
     answer = (
         f"{model} reaches {pct(a['accuracy'])}{ci(a, 'accuracy')} test accuracy and macro-F1 "
         f"{pct(a['macro']['f1'])}{ci(a, 'macro_f1')} on {a['n']} test images"

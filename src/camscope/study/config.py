@@ -72,11 +72,35 @@ class ClassesSection(_Strict):
 class SearchSection(_Strict):
     """Hyper-parameter search, judged on the validation split only."""
 
-    method: Literal["grid", "optuna"] = "grid"
+    method: Literal["grid", "optuna", "list"] = "grid"
     # grid: key -> list of values; optuna: key -> list (categorical) or {low, high, log}
     params: dict[str, Any] = Field(default_factory=dict)
+    # list: whole training sections side by side (from scratch against pretrained, say), each
+    # with an optional short "name" and prepare.<option> keys; the experiment's train is not used
+    candidates: list[dict[str, Any]] = Field(default_factory=list)
     trials: int = 8  # optuna only
     seed: int = 0
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates(cls, v: list[dict]) -> list[dict]:
+        for i, c in enumerate(v):
+            for key in c:
+                if key == "name":
+                    continue
+                if key.startswith("prepare.") and key[8:] not in PrepareSection.model_fields:
+                    raise ValueError(f"candidate {i}: unknown preparation option {key[8:]!r}")
+                if not key.startswith("prepare.") and key not in TrainConfig.model_fields:
+                    raise ValueError(f"candidate {i}: unknown training option {key!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _method(self):
+        if self.method == "list" and (not self.candidates or self.params):
+            raise ValueError("method list takes candidates (a list of train sections), not params")
+        if self.method != "list" and self.candidates:
+            raise ValueError("candidates are for method: list")
+        return self
 
     @field_validator("params")
     @classmethod
@@ -162,7 +186,10 @@ class Experiment(_Strict):
         return v
 
     def candidates(self) -> list[dict[str, Any]]:
-        """The grid's settings, each a dict of overrides (one empty dict without a grid search)."""
+        """The grid's settings, each a dict of overrides (one empty dict without a grid search), or
+        the list's train sections."""
+        if self.search is not None and self.search.method == "list":
+            return [dict(c) for c in self.search.candidates]
         if self.search is None or self.search.method != "grid" or not self.search.params:
             return [{}]
         keys = sorted(self.search.params)
@@ -261,8 +288,9 @@ class Study(_Strict):
         return StudyRun(self, out, self._text, console).run(from_stage)
 
     def train_config_overrides(self, exp: Experiment, candidate: dict) -> dict:
-        over = {"seed": self.seed, "device": self.device, **exp.train}
-        over.update({k: v for k, v in candidate.items() if not k.startswith("prepare.")})
+        listed = exp.search is not None and exp.search.method == "list"
+        over = {"seed": self.seed, "device": self.device, **({} if listed else exp.train)}
+        over.update({k: v for k, v in candidate.items() if not k.startswith("prepare.") and k != "name"})
         return over
 
 

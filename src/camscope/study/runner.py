@@ -348,6 +348,14 @@ class StudyRun:
                     "move them out of the study's folder",
                 )
             shutil.rmtree(d)
+        twin = None if resume else self._finished_twin(key)
+        if twin is not None:  # the same settings, data and split in another experiment: the same model
+            shutil.copytree(twin.parent, d, ignore=shutil.ignore_patterns(".camscope.lock"))
+            info = {**json.loads(twin.read_text(encoding="utf-8")), "name": name, "run_dir": str(d)}
+            info["overrides"] = overrides
+            atomic_write_text(marker, json.dumps(info, indent=1))
+            self.console.print(f"[dim]= candidate {name}: the same as {twin.parent}, copied[/]")
+            return info
         claim(d, "train")
         for f in ("split.csv", "split.json"):
             shutil.copyfile(self.exp_dir(exp) / f, d / f)
@@ -377,6 +385,17 @@ class StudyRun:
         atomic_write_text(marker, json.dumps(info, indent=1))
         return info
 
+    def _finished_twin(self, key: str) -> Path | None:
+        """The marker of a finished candidate with this key in any experiment of the study."""
+        for marker in sorted(self.root.glob("*/candidates/*/candidate.json")):
+            try:
+                info = json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if info.get("key") == key and info.get("done"):
+                return marker
+        return None
+
     def _train(self, exp: Experiment) -> dict:
         search = exp.search
         if search is not None and search.method == "optuna":
@@ -384,7 +403,9 @@ class StudyRun:
         else:
             cands = []
             for k, over in enumerate(exp.candidates()):
-                label = ",".join(f"{a.removeprefix('prepare.')}={b}" for a, b in over.items())
+                label = over.get("name") or ",".join(
+                    f"{a.removeprefix('prepare.')}={b}" for a, b in over.items()
+                )
                 name = f"c{k:02d}" + (f"-{safe_filename(label, keep='-_=.,', limit=40)}" if label else "")
                 cands.append(self._candidate(exp, name, over))
         monitor = cands[0]["monitor"]

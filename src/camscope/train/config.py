@@ -15,9 +15,18 @@ class TrainConfig(BaseModel):
 
     model: str = "fastnet"
     model_args: dict = Field(default_factory=dict)
-    weights: str | None = None  # pretrained weights file (torchvision models)
-    finetune: Literal["full", "head", "head_then_full"] = "full"
+    weights: str | None = None  # pretrained: "imagenet" or a file (torchvision and timm models)
+    # full: everything learns; head: only the classifier; head_then_full: the body joins at
+    # unfreeze_epoch; probe: the frozen backbone's features are computed once and a linear head
+    # is fitted on them (seconds, not minutes)
+    finetune: Literal["full", "head", "head_then_full", "probe"] = "full"
     unfreeze_epoch: int = 1  # head_then_full: the body starts learning at this epoch
+    body_lr_mult: float = 1.0  # the body's learning rate as a share of the head's (discriminative)
+    bn: Literal["train", "frozen"] = "train"  # frozen: the body's batch-norm statistics stay as loaded
+    # two-sided objects: the joined image through the model, or each side through a shared
+    # backbone with the pooled features concatenated (timm models); auto: per side for a pretrained
+    # timm backbone (better on the coins' validation split, docs/benchmarks.md), else joined
+    two_sided: Literal["auto", "joined", "per_side"] = "auto"
 
     epochs: float = 20  # fractional epochs are allowed (the schedule runs over whole steps)
     batch_size: int = 256
@@ -106,6 +115,13 @@ class TrainConfig(BaseModel):
             last = until
         return [(float(u), int(s)) for u, s in v]
 
+    @field_validator("body_lr_mult")
+    @classmethod
+    def _mult(cls, v):
+        if not 0 <= v <= 10:
+            raise ValueError("must be in [0, 10]")
+        return v
+
     @field_validator("label_smoothing")
     @classmethod
     def _smoothing(cls, v):
@@ -144,14 +160,32 @@ def parse_resize(items: list[str] | None) -> list[tuple[float, int]] | None:
     return out or None
 
 
+# fine-tuning an ImageNet backbone on a few hundred images per class: AdamW, the head learning 10x
+# faster than the body, one cycle, label smoothing, the body's batch-norm statistics kept
+PRETRAINED_RECIPE = {
+    "optimizer": "adamw",
+    "lr": 3e-3,
+    "body_lr_mult": 0.1,
+    "weight_decay": 0.01,
+    "schedule": "onecycle",
+    "label_smoothing": 0.1,
+    "epochs": 12,
+    "batch_size": 32,
+    "bn": "frozen",
+}
+
+
 def make_config(model: str = "fastnet", use_recipe: bool = True, **options) -> TrainConfig:
-    """The model's recipe, overlaid by ``options`` (None values mean 'not given')."""
+    """The model's recipe (or, for pretrained weights, ``PRETRAINED_RECIPE``), overlaid by
+    ``options`` (None values mean 'not given')."""
     from camscope.models import entry
 
     values: dict = {"model": model}
     e = entry(model)
     if use_recipe and e is not None:
         values.update(e.recipe)
+    elif use_recipe and options.get("weights"):
+        values.update(PRETRAINED_RECIPE)
     values.update({k: v for k, v in options.items() if v is not None})
     try:
         return TrainConfig(**values)

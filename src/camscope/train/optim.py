@@ -27,9 +27,16 @@ class Lookahead:
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    groups = (
-        model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
-    )
+    if hasattr(model, "param_groups"):
+        groups = model.param_groups()
+    elif cfg.body_lr_mult != 1.0:  # discriminative: the pretrained body learns slower than the head
+        head = getattr(model, "camscope_head", "head")
+        named = list(model.named_parameters())
+        in_head = [p for n, p in named if _in(n, head)]
+        body = [p for n, p in named if not _in(n, head)]
+        groups = [{"params": body, "lr_mult": cfg.body_lr_mult}, {"params": in_head}]
+    else:
+        groups = [{"params": list(model.parameters())}]
     out = []
     for g in groups:
         lr_mult, wd_mult = g.get("lr_mult", 1.0), g.get("wd_mult", 1.0)
@@ -42,6 +49,10 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
             }
         )
     return out
+
+
+def _in(name: str, module: str) -> bool:
+    return name == module or name.startswith(module + ".")
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -63,15 +74,17 @@ def set_trainable(model: nn.Module, cfg: TrainConfig, epoch: int) -> None:
     body_learns = cfg.finetune == "head_then_full" and epoch >= cfg.unfreeze_epoch
     fixed = getattr(model, "camscope_fixed", set())
     for name, p in model.named_parameters():
-        if name not in fixed and not (name == head or name.startswith(head + ".")):
+        if name not in fixed and not _in(name, head):
             p.requires_grad_(body_learns)
 
 
 def freeze_bn_if_frozen(model: nn.Module, cfg: TrainConfig, epoch: int) -> None:
-    """A frozen body keeps its pretrained BN statistics: its BN layers run in eval mode."""
-    if cfg.finetune == "full" or (cfg.finetune == "head_then_full" and epoch >= cfg.unfreeze_epoch):
+    """A frozen body keeps its pretrained BN statistics: its BN layers run in eval mode. With
+    ``bn: frozen`` they always do (small batches would replace good statistics by noisy ones)."""
+    body_frozen = cfg.finetune == "head" or (cfg.finetune == "head_then_full" and epoch < cfg.unfreeze_epoch)
+    if not (body_frozen or cfg.bn == "frozen"):
         return
     head = getattr(model, "camscope_head", "head")
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not name.startswith(head):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not _in(name, head):
             m.eval()

@@ -12,6 +12,7 @@ from camscope.train.config import TrainConfig
 from camscope.train.data import select_data
 from camscope.train.distributed import is_main_process
 from camscope.train.trainer import TrainResult, train
+from camscope.utils import atomic_write_bytes
 
 
 def train_from_files(
@@ -42,6 +43,20 @@ def _train_from(ds, prepared, run: Path, cfg, split_path, resume, notes) -> Trai
                 f"no split given: made one with default fractions 0.7/0.15/0.15 and seed {cfg.seed} in "
                 f"{run / 'split.csv'} (without an audit, near-duplicates were not kept together)"
             )
+    elif split_path is not None and is_main_process():
+        _keep_split(Path(split_path), run)
     data = select_data(ds, split or load_split(split_path or run), cfg.channels)
     data.dataset_path = str(prepared)  # made absolute in the checkpoint
     return train(cfg, data, run, resume=resume)
+
+
+def _keep_split(path: Path, run: Path) -> None:
+    """A copy of the split in the run folder: evaluate, explain and the probes read it there."""
+    src = path / "split.csv" if path.is_dir() else path
+    dst = run / "split.csv"
+    if not src.is_file() or (dst.is_file() and dst.resolve() == src.resolve()):
+        return
+    atomic_write_bytes(dst, src.read_bytes())
+    summary = src.with_suffix(".json")
+    if summary.is_file():
+        atomic_write_bytes(run / "split.json", summary.read_bytes())

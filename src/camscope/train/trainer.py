@@ -10,6 +10,7 @@ does, and the processes of a distributed run agree on the global batch without t
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -26,15 +27,19 @@ from camscope.folders import run_folder
 from camscope.geometry import Geometry, distance_map
 from camscope.models import build_model
 from camscope.models.checkpoint import load_checkpoint, optimizer_state, save_checkpoint
-from camscope.models.inference import Preprocess, predict_logits
+from camscope.models.inference import Preprocess, logits_and_features, predict_logits
+from camscope.models.registry import is_timm_backbone
 from camscope.progress import make_progress
 from camscope.train.augment import Augment
 from camscope.train.config import TrainConfig
 from camscope.train.data import TrainData, dataset_file
 from camscope.train.distributed import DistInfo, any_true, barrier, init_distributed, shutdown, sync_buffers
 from camscope.train.optim import Lookahead, freeze_bn_if_frozen, make_optimizer, set_trainable
+from camscope.train.probe import fit_linear_head
 from camscope.train.runlog import RunLog, plot_learning_curve
 from camscope.train.schedules import lr_multiplier
+from camscope.train.scores import macro_f1
+from camscope.utils import atomic_write_text
 
 
 class NonFiniteLoss(CamscopeError):
@@ -173,12 +178,16 @@ def _train(cfg, data, run, resume, on_epoch_end, model, device, dist_info: DistI
     stopped_early = False
     progress = make_progress() if dist_info.main else None
     try:
-        task = _start_progress(progress, s, state)
-        for epoch in range(state.epoch, s.epochs):
-            out_of_time = _train_epoch(s, state, epoch, progress, task)
-            stopped_early = _end_epoch(s, state, epoch, on_epoch_end)
-            if stopped_early or out_of_time:
-                break
+        if cfg.finetune == "probe":  # a linear head on the frozen backbone's features: no epochs
+            if not state.history:  # a resumed probe that finished has nothing left to do
+                _fit_probe(s, state)
+        else:
+            task = _start_progress(progress, s, state)
+            for epoch in range(state.epoch, s.epochs):
+                out_of_time = _train_epoch(s, state, epoch, progress, task)
+                stopped_early = _end_epoch(s, state, epoch, on_epoch_end)
+                if stopped_early or out_of_time:
+                    break
     finally:
         if progress is not None:
             progress.stop()
@@ -202,8 +211,7 @@ def _setup(cfg: TrainConfig, data: TrainData, run: Path, model, device, dist_inf
     steps_per_epoch = n // bs
     total_steps = max(1, round(cfg.epochs * steps_per_epoch))
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cpu"
-    prep = Preprocess.from_images(data.train_x, cfg.normalize)
-    model = _build(cfg, data, prep, model, device, channels_last)
+    model, prep = _build(cfg, data, model, device, channels_last)
     weight = None
     if cfg.class_weights == "balanced":
         counts = torch.bincount(data.train_y, minlength=k).float()
@@ -236,11 +244,22 @@ def _setup(cfg: TrainConfig, data: TrainData, run: Path, model, device, dist_inf
     return s
 
 
-def _build(cfg, data: TrainData, prep: Preprocess, model, device, channels_last: bool) -> nn.Module:
+def _build(cfg, data: TrainData, model, device, channels_last: bool) -> tuple[nn.Module, Preprocess]:
+    """The model on its device, and the preprocessing: a pretrained backbone's own normalisation,
+    else the training images' mean and spread."""
     torch.manual_seed(cfg.seed)
     n, c, h, w = data.train_x.shape
     if model is None:
-        model = build_model(cfg.model, len(data.classes), c, (h, w), weights=cfg.weights, **cfg.model_args)
+        per_side = _sides(cfg, data)
+        model = build_model(
+            cfg.model, len(data.classes), c, (h, w), weights=cfg.weights, per_side=per_side, **cfg.model_args
+        )
+    norm = getattr(model, "camscope_norm", None)
+    prep = (
+        Preprocess(norm["mean"], norm["std"])
+        if norm and cfg.normalize
+        else Preprocess.from_images(data.train_x, cfg.normalize)
+    )
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -248,7 +267,24 @@ def _build(cfg, data: TrainData, prep: Preprocess, model, device, channels_last:
         g = torch.Generator().manual_seed(cfg.seed)
         pick = torch.randperm(n, generator=g)[:5000]
         model.init_from_data(prep(data.train_x[pick].to(device)))
-    return model
+    return model, prep
+
+
+def _sides(cfg: TrainConfig, data: TrainData) -> int:
+    """How many sides a shared backbone sees one by one (0: the joined image as one)."""
+    prep = data.prepare_info.get("preprocessing") or {}
+    sides = int(prep.get("sides", 1))
+    side_by_side = sides >= 2 and prep.get("combine", "side_by_side") == "side_by_side"
+    if cfg.two_sided == "auto":
+        return sides if side_by_side and cfg.weights and is_timm_backbone(cfg.model) else 0
+    if cfg.two_sided == "joined":
+        return 0
+    if not side_by_side:
+        raise CamscopeError(
+            "two_sided: per_side needs two-sided objects prepared side by side",
+            "prepare with --combine side_by_side, or train with --two-sided joined",
+        )
+    return sides
 
 
 def _meta(s: _Setup, chw: tuple[int, int, int]) -> dict:
@@ -270,6 +306,8 @@ def _meta(s: _Setup, chw: tuple[int, int, int]) -> dict:
         },
         "dataset_hash": data.dataset_hash,
         "dataset_file": dataset_file(data.dataset_path, s.run),
+        "weights": getattr(m, "camscope_weights", None),  # where pretrained weights came from
+        "pretrained_cfg": getattr(m, "camscope_pretrained_cfg", None),
         "config": cfg.model_dump(),
         "n_train": len(data.train_y),
         "n_val": len(data.val_y),
@@ -291,7 +329,12 @@ def _resume(s: _Setup) -> LoopState:
         )
     old = dict(ck.meta["config"])
     new = s.cfg.model_dump(mode="json")  # tuples become lists, as in the stored JSON
-    changed = [k for k in new if k not in ("device", "tensorboard", "mlflow_uri") and old.get(k) != new[k]]
+    default = TrainConfig(model=s.cfg.model).model_dump(mode="json")  # options newer than the run
+    changed = [
+        k
+        for k in new
+        if k not in ("device", "tensorboard", "mlflow_uri") and old.get(k, default.get(k)) != new[k]
+    ]
     if changed:
         raise CamscopeError(
             f"the run was started with different settings ({', '.join(changed[:5])})",
@@ -511,6 +554,57 @@ def _save(s: _Setup, state: LoopState, tag: str) -> None:
         save_checkpoint(s.run, tag, s.model, meta)
 
 
+def _fit_probe(s: _Setup, state: LoopState) -> None:
+    """Fit the head on features computed once (train/probe.py); one row of history, best and last."""
+    t0 = time.perf_counter()
+    head = getattr(s.model, "camscope_head", "head")
+    linear = s.model.get_submodule(head)
+    if not isinstance(linear, nn.Linear):
+        raise CamscopeError(
+            f"the head {head!r} is not a linear layer", "use --finetune head instead of probe"
+        )
+    data, bs = s.data, s.cfg.eval_batch_size
+    _, train_f = logits_and_features(s.model, data.train_x, s.prep, head, bs, s.device)
+    val_f = (
+        logits_and_features(s.model, data.val_x, s.prep, head, bs, s.device)[1]
+        if len(data.val_y)
+        else train_f[:0]
+    )
+    weight = None
+    if s.cfg.class_weights == "balanced":
+        counts = torch.bincount(data.train_y, minlength=len(data.classes)).float()
+        weight = counts.sum() / (len(data.classes) * counts.clamp_min(1))
+    fit = fit_linear_head(train_f, data.train_y, val_f, data.val_y, len(data.classes), s.cfg.monitor, weight)
+    with torch.no_grad():
+        linear.weight.copy_(fit.weight.to(linear.weight))
+        linear.bias.copy_(fit.bias.to(linear.bias))
+    seconds = time.perf_counter() - t0
+    chosen = next(c for c in fit.candidates if c["l2"] == fit.l2)
+    row = {
+        "epoch": 1,
+        "step": 1,
+        "lr": 0.0,
+        "train_loss": chosen["train_loss"],
+        "train_acc": chosen["train_acc"],
+        "epoch_s": round(seconds, 3),
+        "images_per_s": round(len(data.train_y) / max(seconds, 1e-9), 1),
+        **_validate(s),
+        "elapsed_s": round(state.elapsed(), 2),
+        "probe_l2": fit.l2,
+    }
+    state.history.append(row)
+    improved = _track_best(s.cfg, state, row, 0)
+    state.epoch, state.step = 1, 0
+    if s.dist.main:
+        s.log.epoch(row, state.history)
+        atomic_write_text(
+            s.run / "probe.json", json.dumps({"chosen_l2": fit.l2, "candidates": fit.candidates}, indent=1)
+        )
+        if improved:
+            _save(s, state, "best")
+    _save(s, state, "last")
+
+
 def _finish(s: _Setup, state: LoopState) -> None:
     """End on the best weights (or save the final ones as best when nothing was validated)."""
     if s.cfg.restore_best and state.best is not None and (s.run / "best.safetensors").is_file():
@@ -531,15 +625,6 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
     if cfg.amp == "fp16":
         return torch.float16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def macro_f1(pred: torch.Tensor, target: torch.Tensor, k: int) -> float:
-    cm = torch.bincount(target * k + pred, minlength=k * k).reshape(k, k).double()
-    tp = cm.diag()
-    denom = cm.sum(0) + cm.sum(1)
-    f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(tp))
-    present = cm.sum(1) > 0
-    return float(f1[present].mean()) if present.any() else 0.0
 
 
 def _train_side(cfg: TrainConfig, step: int, total: int) -> int | None:
