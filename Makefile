@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
+	$(PY) -m pip install -q -e ".[test,notebook]"
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)

@@ -20,6 +20,13 @@ CHROMIUM_ARGS = [
 ]
 
 
+def unavailable(reason: str):
+    """Skip on a development machine; under CI=true a missing browser fails the run instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
 def chromium_executable() -> str:
     """Path of a Chromium binary; installs Debian's `chromium` when missing and running as root."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
@@ -31,11 +38,11 @@ def chromium_executable() -> str:
         for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
             done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
             if done.returncode != 0:
-                pytest.skip(f"could not install Chromium ({' '.join(cmd)}): {done.stderr.strip()[-200:]}")
+                unavailable(f"could not install Chromium ({' '.join(cmd)}): {done.stderr.strip()[-200:]}")
         path = shutil.which("chromium")
         if path:
             return path
-    pytest.skip("no Chromium: install Debian's chromium package (apt-get install chromium)")
+    unavailable("no Chromium: install Debian's chromium package (apt-get install chromium)")
 
 
 def launch(playwright):

@@ -133,3 +133,30 @@ def test_predict_command_on_new_files(tmp_path):
     assert "skipped broken_h.png" in r.output and len(list((tmp_path / "cams").glob("*.png"))) == 3
     r = runner.invoke(app, ["predict", str(run), str(folder / "h0.png"), "--out", str(out)])
     assert r.exit_code == 2 and "2-sided" in r.output
+
+
+def test_one_macro_f1_everywhere_and_its_interval_holds_it():
+    from sklearn.metrics import f1_score
+
+    import camscope.train.probe
+    import camscope.train.trainer
+    from camscope.evaluate.metrics import classification_metrics
+    from camscope.scores import macro_f1
+
+    assert camscope.train.trainer.macro_f1 is macro_f1 is camscope.train.probe.macro_f1
+    rng = np.random.default_rng(0)
+    for k in (2, 3, 5):
+        y, p = rng.integers(0, k - 1, 40), rng.integers(0, k, 40)  # class k-1 never in y
+        want = f1_score(y, p, labels=list(range(k)), average="macro", zero_division=0)
+        assert macro_f1(p, y, k) == pytest.approx(want, abs=1e-12)
+        rows = macro_f1(np.stack([p, y]), np.stack([y, y]), k)
+        assert rows.shape == (2,) and rows[0] == pytest.approx(want)
+    # the reproduction: a class absent from a small test set, predicted once by mistake;
+    # the point estimate was 0.633 and its interval [0.881, 1.0]
+    y = np.array([0] * 10 + [1] * 10)
+    p = y.copy()
+    p[3] = 2
+    logits = torch.nn.functional.one_hot(torch.tensor(p), 3).float() * 4
+    m = classification_metrics(logits, torch.tensor(y), ["a", "b", "c"], bootstrap=1000)
+    lo, hi = m["ci"]["macro_f1"]
+    assert lo <= m["macro"]["f1"] <= hi and m["macro"]["f1"] == pytest.approx((18 / 19 + 1 + 0) / 3)

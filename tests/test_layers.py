@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "camscope"
 
-BASE = {"errors", "utils", "progress", "figures", "geometry", "folders", "__version__"}
+BASE = {"errors", "utils", "progress", "figures", "geometry", "folders", "scores", "__version__"}
 LAYERS = [
     {"data"},
     {"models"},

@@ -31,3 +31,26 @@ def test_open_run_from_its_folder_or_a_checkpoint(trained_run, tmp_path):
         (moved / f"{f}.safetensors").unlink()
     with pytest.raises(CamscopeError, match="no checkpoint"):
         open_run(moved)
+
+
+def test_a_run_keeps_its_split_and_refuses_another(trained_run, tmp_path):
+    from camscope.cli import app
+    from tests.helpers import cli_train, runner
+
+    # train on a split made elsewhere: the run keeps a copy, evaluate finds it
+    s = tmp_path / "s"
+    assert runner.invoke(app, ["split", str(trained_run.prepared), "--out", str(s)]).exit_code == 0
+    run = tmp_path / "r"
+    cli_train(trained_run.prepared, run, "gray_cnn", 1, "--split", str(s / "split.csv"))
+    assert (run / "split.csv").read_bytes() == (s / "split.csv").read_bytes()
+    r = runner.invoke(app, ["evaluate", str(run), "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    # re-splitting a trained run is refused; a split changed behind its back is refused when read
+    r = runner.invoke(app, ["split", str(trained_run.prepared), "--out", str(run), "--seed", "7"])
+    assert r.exit_code == 2 and "holds a trained run" in r.output
+    lines = (run / "split.csv").read_text().splitlines()
+    flipped = [lines[0]] + [ln.replace(",train,", ",test,") if ",train," in ln else ln for ln in lines[1:]]
+    (run / "split.csv").write_text("\n".join(flipped) + "\n")
+    for cmd in (["evaluate", str(run)], ["explain", str(run)], ["mask", str(run)]):
+        r = runner.invoke(app, cmd)
+        assert r.exit_code == 2 and "not the split the run was trained on" in r.output, cmd

@@ -447,25 +447,26 @@ def test_time_budget_stops_training(tmp_path):
 
 
 def test_tensorboard_and_mlflow_logging(tmp_path, monkeypatch):
-    import types
+    import mlflow  # a test dependency (mlflow-skinny): a real file store in a temp folder, no server
 
-    calls: list[tuple] = []
-    fake = types.SimpleNamespace(
-        set_tracking_uri=lambda uri: calls.append(("uri", uri)),
-        start_run=lambda run_name: calls.append(("start", run_name)),
-        log_params=lambda p: calls.append(("params", sorted(p))),
-        log_metrics=lambda m, step: calls.append(("metrics", step, sorted(m))),
-        end_run=lambda: calls.append(("end",)),
-    )
-    monkeypatch.setitem(sys.modules, "mlflow", fake)
-    cfg = make_config("gray_cnn", epochs=2, batch_size=24, tensorboard=True, mlflow_uri="file:///tmp/mlruns")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    cfg = make_config("gray_cnn", epochs=2, batch_size=24, tensorboard=True, mlflow_uri=uri)
     train(cfg, toy_data(channels=1), tmp_path / "run")
-    assert (
-        calls[0] == ("uri", "file:///tmp/mlruns") and calls[1] == ("start", "run") and calls[-1] == ("end",)
-    )
-    steps = [c for c in calls if c[0] == "metrics"]
-    assert [c[1] for c in steps] == [1, 2] and "val_acc" in steps[0][2]
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.run_name == "run" and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["model"] == "gray_cnn" and runs[0].data.params["epochs"] == "2.0"
+    history = client.get_metric_history(runs[0].info.run_id, "val_acc")
+    assert [m.step for m in history] == [1, 2]
+    saved = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m.value for m in history] == pytest.approx([r["val_acc"] for r in saved])
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    # a store MLflow refuses is one clear error, not a traceback
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "false")
+    bad = make_config("gray_cnn", epochs=1, batch_size=24, mlflow_uri=(tmp_path / "other").as_uri())
+    with pytest.raises(CamscopeError, match="MLflow cannot log to"):
+        train(bad, toy_data(channels=1), tmp_path / "run2")
 
 
 def test_missing_logging_package_is_a_clear_error(tmp_path, monkeypatch):

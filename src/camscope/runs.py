@@ -20,7 +20,7 @@ from torch import nn
 
 from camscope.data.channels import to_channels
 from camscope.data.prepare import PreparedDataset, dataset_hash, load_prepared
-from camscope.data.splits import load_split
+from camscope.data.splits import load_split, split_digest
 from camscope.errors import CamscopeError
 from camscope.models.checkpoint import checkpoint_file, load_model, read_meta
 from camscope.models.inference import Preprocess
@@ -79,9 +79,18 @@ class Run:
         return self._dataset
 
     def split(self) -> dict[str, str]:
-        """Item id -> split name ('train', 'val', 'test', 'unseen', ...); empty without a run."""
+        """Item id -> split name ('train', 'val', 'test', 'unseen', ...); empty without a run.
+        The split must be the one the run was trained on: a re-split folder would score training
+        items as 'test'."""
         if self._split is None:
             self._split = load_split(self.dir) if self.dir is not None else {}
+            want = (self.meta.get("split") or {}).get("digest")
+            if want and split_digest(self._split) != want:
+                raise CamscopeError(
+                    f"{self.dir / 'split.csv'} is not the split the run was trained on (it was re-split "
+                    "or edited after training)",
+                    "put the run's own split back, or train a new run on the new split",
+                )
         return self._split
 
     def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -39,6 +39,7 @@ PROBLEM_KINDS = {
     "duplicate_id": "the same id twice",
     "missing_id": "id empty",
     "exact_duplicate": "byte-identical files",
+    "shared_file": "several items name the same image file",
     "near_duplicate": "the same picture re-encoded, resized or slightly shifted",
     "conflicting_labels": "duplicates that carry different labels",
     "same_image_both_sides": "both sides are the same picture",
@@ -159,7 +160,7 @@ def audit(source: Source, config: AuditConfig | None = None) -> dict:
     size_stats = a.image_findings()
     class_counts = a.class_findings()
     # item-level duplicate groups: what a leak-free split must keep together
-    item_groups = merge_groups([a.item_id(k) for k in g] for g in [*exact, *near])
+    item_groups = merge_groups([*([a.item_id(k) for k in g] for g in [*exact, *near]), *a.shared_files()])
     counts = Counter(p.kind for p in a.problems)
     return {
         "schema": "camscope.audit/1",
@@ -169,6 +170,7 @@ def audit(source: Source, config: AuditConfig | None = None) -> dict:
             "kind": source.kind,
             "description": source.description,
             "side_names": list(source.side_names),
+            "items_digest": source.items_digest(),
         },
         "n_items": len(source.items),
         "n_images": len(a.side_of),
@@ -198,11 +200,14 @@ class _Audit:
         self.t0 = time.perf_counter()
         self.t_scan = self.t_near = 0.0
         self.problems: list[Problem] = list(source.problems)
-        self.side_of: dict[str, tuple[int, int]] = {}  # image key -> (item, side)
+        self.side_of: dict[str, tuple[int, int]] = {}  # image key -> its first (item, side)
+        self.items_of: dict[str, list[int]] = {}  # image key -> every item naming it
         for i, item in enumerate(source.items):
             for s, side in enumerate(item.sides):
-                if side.key is not None and side.key not in self.side_of:
-                    self.side_of[side.key] = (i, s)
+                if side.key is not None:
+                    self.side_of.setdefault(side.key, (i, s))
+                    if i not in self.items_of.setdefault(side.key, []):
+                        self.items_of[side.key].append(i)
         self.records: dict[str, ImageRecord] = {}
         self.good: list[ImageRecord] = []
 
@@ -229,8 +234,17 @@ class _Audit:
         self.good = [r for r in self.records.values() if r.problem is None]
         self.t_scan = time.perf_counter() - self.t0
 
+    def shared_files(self) -> list[list[str]]:
+        """Groups of item ids that name the same image file: one picture, so one group for the split."""
+        return [[self.source.items[i].id for i in ids] for ids in self.items_of.values() if len(ids) > 1]
+
     def file_findings(self) -> None:
-        """Broken files, and objects whose sides are not all usable."""
+        """Broken files, files named by several items, and objects whose sides are not all usable."""
+        for key, ids in self.items_of.items():
+            if len(ids) > 1:
+                item_ids = [self.source.items[i].id for i in ids]
+                detail = f"{len(ids)} items name this file: {', '.join(item_ids[:5])}"
+                self.problems.append(Problem("shared_file", [self.disp(key)], detail, item_ids))
         for rec in self.records.values():
             if rec.problem:
                 kind, detail = rec.problem

@@ -214,6 +214,7 @@ def prepare(
             "kind": source.kind,
             "description": source.description,
             "side_names": list(source.side_names),
+            "items_digest": source.items_digest(),
         },
         "preprocessing": {
             **asdict(config),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import io
 import re
 from collections.abc import Iterator
@@ -132,6 +133,13 @@ class Source:
 
     def class_names(self) -> list[str]:
         return sorted({it.label for it in self.items if it.label is not None})
+
+    def items_digest(self) -> str:
+        """A fingerprint of the items listed: an audit and a prepared dataset of one source share it."""
+        h = hashlib.blake2b(digest_size=12)
+        for it in self.items:
+            h.update(it.id.encode("utf-8", "surrogateescape") + b"\n")
+        return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- folder tree

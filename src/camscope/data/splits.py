@@ -69,14 +69,22 @@ class SplitResult:
         return [pos[r["id"]] for r in self.rows if r["split"] == split]
 
 
-def _item_groups(ds: PreparedDataset, path_groups: list[list[str]]) -> list[list[str]]:
-    """Image-path groups from the audit -> groups of item ids present in ``ds`` (merged)."""
-    owner: dict[str, str] = {}
+def _owners(ds: PreparedDataset) -> dict[str, list[str]]:
+    """Image path -> the items that name it (usually one)."""
+    owners: dict[str, list[str]] = defaultdict(list)
     for item_id, keys in zip(ds.ids, ds.side_keys, strict=True):
         for k in keys:
             if k is not None:
-                owner[k] = item_id
-    return merge_groups({owner[p] for p in g if p in owner} for g in path_groups)
+                owners[k].append(item_id)
+    return owners
+
+
+def _item_groups(ds: PreparedDataset, path_groups: list[list[str]]) -> list[list[str]]:
+    """Image-path groups from the audit -> groups of item ids present in ``ds`` (merged). Items
+    that name the same file are one picture and always form a group, audit or not."""
+    owners = _owners(ds)
+    shared = [ids for ids in owners.values() if len(ids) > 1]
+    return merge_groups([*({i for p in g for i in owners.get(p, [])} for g in path_groups), *shared])
 
 
 def _stable_int(text: str) -> int:
@@ -115,9 +123,11 @@ def make_split(
     config.validate()
     labels = [ds.classes[i] if i >= 0 else None for i in ds.labels.tolist()]
     selected, unseen = _select(labels, config)
-    exact_groups = _item_groups(ds, audit["exact_duplicate_groups"]) if audit else []
-    all_groups = (
-        _item_groups(ds, [*audit["exact_duplicate_groups"], *audit["near_duplicate_groups"]]) if audit else []
+    if audit is not None:
+        _check_audit(ds, audit)
+    exact_groups = _item_groups(ds, audit["exact_duplicate_groups"] if audit else [])
+    all_groups = _item_groups(
+        ds, [*audit["exact_duplicate_groups"], *audit["near_duplicate_groups"]] if audit else []
     )
     split, note = _set_aside(ds, labels, set(selected), config, exact_groups, all_groups)
     # groups (of the items still to place) that must not straddle splits
@@ -170,6 +180,19 @@ def make_split(
         "audit_used": audit is not None,
     }
     return SplitResult(rows, summary)
+
+
+def _check_audit(ds: PreparedDataset, audit: dict) -> None:
+    """Refuse the audit of another source: it would silently group nothing. The audit and the
+    prepared dataset of one source share the fingerprint of its items (older files: its description)."""
+    theirs, ours = audit.get("source") or {}, ds.info.get("source") or {}
+    key = "items_digest" if theirs.get("items_digest") and ours.get("items_digest") else "description"
+    if theirs.get(key) and ours.get(key) and theirs[key] != ours[key]:
+        raise CamscopeError(
+            f"the audit is of another source ({theirs.get('description', '?')}, {audit.get('n_items', '?')} "
+            f"items) than the prepared dataset ({ours.get('description', '?')})",
+            "give the audit of the source this dataset was prepared from",
+        )
 
 
 def _select(labels: list[str | None], config: SplitConfig) -> tuple[list[str], list[str]]:
@@ -266,6 +289,11 @@ def _majority(labels: list[str | None], unit: list[int]) -> str:
 
 def write_split(result: SplitResult, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
+    if any((out / f"{tag}.safetensors").is_file() for tag in ("best", "last")):
+        raise CamscopeError(
+            f"{out} holds a trained run: its split is the one it was trained on",
+            "write the new split to another folder and train a new run on it",
+        )
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.DictWriter(
@@ -278,6 +306,14 @@ def write_split(result: SplitResult, out_dir: str | Path) -> tuple[Path, Path]:
     atomic_write_text(out / "split.csv", buf.getvalue())
     atomic_write_text(out / "split.json", json.dumps(result.summary, indent=1, ensure_ascii=False))
     return out / "split.csv", out / "split.json"
+
+
+def split_digest(assignment: dict[str, str]) -> str:
+    """A fingerprint of which item is in which split (whatever the file's column order)."""
+    h = hashlib.blake2b(digest_size=16)
+    for item, name in sorted(assignment.items()):
+        h.update(f"{item}\t{name}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 def load_split(path: str | Path) -> dict[str, str]:

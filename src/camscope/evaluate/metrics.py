@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
 
+from camscope.scores import macro_f1
+
 
 def expected_calibration_error(
     probs: np.ndarray, labels: np.ndarray, bins: int = 15
@@ -51,17 +53,7 @@ def bootstrap_ci(
     idx = rng.integers(0, n, (resamples, n))
     p, y = pred[idx], labels[idx]  # (R, n)
     acc = (p == y).mean(1)
-    # macro-F1 per resample from per-class counts, vectorised over resamples
-    f1s = np.zeros((resamples, n_classes))
-    present = np.zeros((resamples, n_classes), bool)
-    for c in range(n_classes):
-        tp = ((p == c) & (y == c)).sum(1)
-        fp = ((p == c) & (y != c)).sum(1)
-        fn = ((p != c) & (y == c)).sum(1)
-        denom = 2 * tp + fp + fn
-        f1s[:, c] = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-        present[:, c] = (y == c).any(1) | (p == c).any(1)
-    macro = (f1s * present).sum(1) / np.maximum(present.sum(1), 1)
+    macro = macro_f1(p, y, n_classes)  # the point estimate's definition, one value per resample
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     return {
         "level": level,
@@ -99,7 +91,7 @@ def classification_metrics(
     out = {
         "n": int(len(y)),
         "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
-        "macro": {"precision": float(macro[0]), "recall": float(macro[1]), "f1": float(macro[2])},
+        "macro": {"precision": float(macro[0]), "recall": float(macro[1]), "f1": macro_f1(pred, y, k)},
         "weighted": {"precision": float(weighted[0]), "recall": float(weighted[1]), "f1": float(weighted[2])},
         "per_class": [
             {

@@ -29,7 +29,7 @@ def scorecam(inp: LayerInputs) -> torch.Tensor:
     hi = up.amax((2, 3), keepdim=True)
     up = (up - lo) / (hi - lo + 1e-8)
     empty = (hi - lo).flatten(1) == 0  # (n, k): mask exactly zero
-    scores = torch.empty(n, k, t.shape[1], device=x.device)
+    scores = torch.empty(n, k, t.shape[1], device=x.device, dtype=x.dtype)
     if empty.any():
         zero_logits = select_output(model(torch.zeros_like(x[:1])), output)[0]
         scores[empty] = zero_logits[t].unsqueeze(1).expand(-1, k, -1)[empty]
@@ -53,7 +53,7 @@ def ablationcam(inp: LayerInputs) -> torch.Tensor:
     n, k = acts.shape[:2]
     name, module = layer
     base = logits.gather(1, t)  # (n, T)
-    ablated = torch.empty(n, k, t.shape[1], device=x.device)
+    ablated = torch.empty(n, k, t.shape[1], device=x.device, dtype=x.dtype)
     for i in range(n):
         for s in range(0, k, chunk):
             ch = torch.arange(s, min(s + chunk, k), device=x.device)

@@ -10,6 +10,7 @@ import torch
 
 from camscope.data.channels import to_channels
 from camscope.data.prepare import PreparedDataset, dataset_hash
+from camscope.data.splits import split_digest
 from camscope.errors import CamscopeError
 
 
@@ -28,6 +29,7 @@ class TrainData:
     prepare_info: dict = field(default_factory=dict)
     # where the prepared file lies, so later commands can find it without --data
     dataset_path: str | None = None
+    split_digest: str | None = None  # the split trained on: later commands refuse another one
 
 
 def select_data(ds: PreparedDataset, split: dict[str, str], channels: int | None = None) -> TrainData:
@@ -69,6 +71,7 @@ def select_data(ds: PreparedDataset, split: dict[str, str], channels: int | None
         [ds.ids[i] for i in va],
         dataset_hash(ds),
         {k: v for k, v in ds.info.items() if k in ("preprocessing", "source", "schema")},
+        split_digest=split_digest(split),
     )
 
 

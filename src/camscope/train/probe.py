@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from camscope.train.scores import macro_f1
+from camscope.scores import macro_f1
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -76,5 +76,5 @@ def _scores(logits: torch.Tensor, y: torch.Tensor, prefix: str) -> dict:
     return {
         f"{prefix}_loss": float(F.cross_entropy(logits, y)),
         f"{prefix}_acc": float((pred == y).float().mean()),
-        f"{prefix}_macro_f1": macro_f1(pred, y, logits.shape[1]),
+        f"{prefix}_macro_f1": macro_f1(pred.numpy(), y.numpy(), logits.shape[1]),
     }

@@ -39,7 +39,14 @@ class RunLog:
             except ImportError as e:
                 raise CamscopeError("--mlflow-uri needs the mlflow package", "pip install mlflow") from e
             mlflow.set_tracking_uri(mlflow_uri)
-            mlflow.start_run(run_name=run_dir.name)
+            try:
+                mlflow.start_run(run_name=run_dir.name)
+            except Exception as e:  # a store MLflow refuses, or a server that does not answer
+                raise CamscopeError(
+                    f"MLflow cannot log to {mlflow_uri}: {str(e).splitlines()[0][:300]}",
+                    "check --mlflow-uri (a server, sqlite:///path/mlflow.db, or a folder's file:// URI "
+                    "with MLFLOW_ALLOW_FILE_STORE=true)",
+                ) from None
             mlflow.log_params({k: str(v)[:250] for k, v in (params or {}).items()})
             self.mlflow = mlflow
 

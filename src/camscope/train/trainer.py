@@ -30,6 +30,7 @@ from camscope.models.checkpoint import load_checkpoint, optimizer_state, save_ch
 from camscope.models.inference import Preprocess, logits_and_features, predict_logits
 from camscope.models.registry import is_timm_backbone
 from camscope.progress import make_progress
+from camscope.scores import macro_f1
 from camscope.train.augment import Augment
 from camscope.train.config import TrainConfig
 from camscope.train.data import TrainData, dataset_file
@@ -38,7 +39,6 @@ from camscope.train.optim import Lookahead, freeze_bn_if_frozen, make_optimizer,
 from camscope.train.probe import fit_linear_head
 from camscope.train.runlog import RunLog, plot_learning_curve
 from camscope.train.schedules import lr_multiplier
-from camscope.train.scores import macro_f1
 from camscope.utils import atomic_write_text
 
 
@@ -306,6 +306,7 @@ def _meta(s: _Setup, chw: tuple[int, int, int]) -> dict:
         },
         "dataset_hash": data.dataset_hash,
         "dataset_file": dataset_file(data.dataset_path, s.run),
+        "split": {"file": "split.csv", "digest": data.split_digest},
         "weights": getattr(m, "camscope_weights", None),  # where pretrained weights came from
         "pretrained_cfg": getattr(m, "camscope_pretrained_cfg", None),
         "config": cfg.model_dump(),
@@ -326,6 +327,11 @@ def _resume(s: _Setup) -> LoopState:
         raise CamscopeError(
             "the checkpoint was trained on a different prepared dataset",
             "resume with the same prepared file and split, or start a new run folder",
+        )
+    if (ck.meta.get("split") or {}).get("digest") not in (None, s.data.split_digest):
+        raise CamscopeError(
+            "the checkpoint was trained on a different split",
+            "resume with its split, or start a new run folder",
         )
     old = dict(ck.meta["config"])
     new = s.cfg.model_dump(mode="json")  # tuples become lists, as in the stored JSON
@@ -524,7 +530,7 @@ def _validate(s: _Setup) -> dict:
     return {
         "val_loss": float(F.cross_entropy(logits, data.val_y)),
         "val_acc": float((pred == data.val_y).float().mean()),
-        "val_macro_f1": macro_f1(pred, data.val_y, len(data.classes)),
+        "val_macro_f1": macro_f1(pred.cpu().numpy(), data.val_y.numpy(), len(data.classes)),
     }
 
 
