@@ -65,6 +65,17 @@ def jpeg_bytes(arr: np.ndarray, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
+def icon_bytes(frames: list[bytes]) -> bytes:
+    """An ICO file holding these images (PNG or BMP-in-ICO bytes), each listed as 0x0 (=256)."""
+    head = b"\x00\x00\x01\x00" + len(frames).to_bytes(2, "little")
+    offset, entries, body = 6 + 16 * len(frames), b"", b""
+    for f in frames:
+        entries += bytes([0, 0, 0, 0]) + (1).to_bytes(2, "little") + (32).to_bytes(2, "little")
+        entries += len(f).to_bytes(4, "little") + (offset + len(body)).to_bytes(4, "little")
+        body += f
+    return head + entries + body
+
+
 def random_image(rng: np.random.Generator, size: int = 48) -> np.ndarray:
     """A smooth random colour image with structure (not white noise)."""
     small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)

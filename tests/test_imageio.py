@@ -6,7 +6,7 @@ from PIL import Image
 
 from camscope.data.imageio import ImageProblem, decode, fit, open_header, to_standard
 from camscope.data.messy import giant_png_header
-from tests.helpers import jpeg_bytes
+from tests.helpers import icon_bytes, jpeg_bytes
 
 
 def _png(img: Image.Image) -> bytes:
@@ -82,3 +82,26 @@ def test_fit_policies():
     assert (padded == 200).all()  # padded with the border colour, not black
     with pytest.raises(ValueError):
         fit(img, 16, "squash")
+
+
+def test_an_icon_hiding_a_giant_png_is_refused_before_decoding():
+    # the bomb: Pillow decodes an icon's largest frame inside Image.open (690 MB for this one)
+    small = _png(Image.new("RGBA", (16, 16), (200, 0, 0, 255)))
+    for inner in (giant_png_header(13000, 13000), giant_png_header(20000, 4000)):
+        with pytest.raises(ImageProblem) as e:
+            open_header(icon_bytes([small, inner]), max_pixels=40_000_000)
+        assert e.value.kind == "too_large" and "icon holds a" in e.value.detail
+    bmp_header = (40).to_bytes(4, "little") + (30000).to_bytes(4, "little") + (60000).to_bytes(4, "little")
+    with pytest.raises(ImageProblem, match="30000x30000"):
+        open_header(icon_bytes([bmp_header + b"\x00" * 32]))
+    # an ordinary icon still loads
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (0, 90, 200)).save(buf, "ICO", sizes=[(32, 32), (16, 16)])
+    assert decode(buf.getvalue()).size == (32, 32)
+
+
+def test_only_the_first_page_of_a_tiff_is_decoded():
+    pages = [Image.new("L", (8, 8), 10), Image.new("L", (3000, 3000), 200)]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:], compression="tiff_deflate")
+    assert decode(buf.getvalue(), max_pixels=100).size == (8, 8)  # the 9 MP second page never counts

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import shutil
 import socket
 import statistics
 import threading
@@ -16,7 +19,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from camscope.data.messy import giant_png_header
+from camscope.folders import claim, record
+from camscope.report.html import write_report
+from camscope.report.results import collect_results
 from camscope.serve.app import create_app
+from tests.helpers import icon_bytes
 
 
 def png_bytes(size: int = 20, seed: int = 0) -> bytes:
@@ -30,7 +37,7 @@ def png_bytes(size: int = 20, seed: int = 0) -> bytes:
 def served(tmp_path_factory, trained_run):
     tmp = tmp_path_factory.mktemp("serve")
     run, prepared = trained_run.copy(tmp / "run"), trained_run.prepared
-    (run / "report.html").write_text("<html><body>the report</body></html>", encoding="utf-8")
+    write_report(collect_results(run), run)  # records the report and its hash in the run folder
     app = create_app(run, prepared, max_bytes=200_000, max_pixels=1_000_000)
     return app, run, prepared
 
@@ -45,7 +52,7 @@ def upload(client, blobs, **form):
     return client.post("/api/explain", files=files, data=form)
 
 
-def test_info_and_test_images(client):
+def test_info_and_test_images(client, served):
     info = client.get("/api/info").json()
     assert info["sides"] == 2 and len(info["classes"]) == 3  # the shared run leaves one class out
     assert info["layers"][0] == info["default_layer"] and "gradcam" in info["methods"]
@@ -54,7 +61,8 @@ def test_info_and_test_images(client):
     png = client.get("/api/test-images/0.png")
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert client.get("/").text.count("<script>") == 1
-    assert client.get("/report").text == "<html><body>the report</body></html>"
+    report = client.get("/report")
+    assert report.status_code == 200 and report.content == (served[1] / "report.html").read_bytes()
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam", "guided_gradcam", "occlusion"])
@@ -88,6 +96,7 @@ def test_upload_two_sides_with_a_chosen_class_and_layer(client):
         ([b"", png_bytes()], 415, "empty"),
         ([png_bytes()[:60], png_bytes()], 415, "truncated"),
         ([giant_png_header(40000, 40000), png_bytes()], 413, "too_large"),
+        ([icon_bytes([giant_png_header(13000, 13000)]), png_bytes()], 413, "icon holds a 13000x13000"),
         ([b"x" * 300_000, png_bytes()], 413, "larger than"),
         ([png_bytes()], 422, "2 image(s) per object"),
     ],
@@ -115,21 +124,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def live_server(served):
+@contextlib.contextmanager
+def _live(app):
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(served[0], host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(100):
         if server.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live_server(served):
+    with _live(served[0]) as url:
+        yield url
 
 
 def test_loopback_load(live_server):
@@ -191,3 +208,171 @@ def test_page_in_chromium(live_server, tmp_path):
             browser.close()
     assert not errors, errors
     assert Path(tmp_path / "page.png").stat().st_size > 10_000
+
+
+def sixteen_bit_png(side: int = 900, seed: int = 0) -> bytes:
+    """A smooth 16-bit image: small on the wire, slow to decode and convert (the issue's 92 KB pair)."""
+    yy, xx = np.mgrid[0:side, 0:side]
+    arr = ((xx * 37 + yy * 11 + seed * 101) % 65536).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("top_k", ["0", "-1", "x", "100000"])
+def test_top_k_is_validated(client, top_k):
+    res = client.get("/api/explain-test/0", params={"top_k": top_k})
+    assert res.status_code == 422, res.text
+    res = upload(client, [png_bytes(), png_bytes()], top_k=top_k)
+    assert res.status_code == 422 and "top_k" in res.text, res.text
+
+
+def test_form_fields_and_files_are_capped(client):
+    many = {f"f{i}": "x" for i in range(20)}
+    res = upload(client, [png_bytes(), png_bytes()], **many)
+    assert res.status_code == 400 and "fields" in res.json()["detail"], res.text
+    res = upload(client, [png_bytes(seed=i) for i in range(3)])
+    assert res.status_code == 400 and "files" in res.json()["detail"], res.text
+    res = upload(client, [png_bytes(), png_bytes()], method="g" * 5000)
+    assert res.status_code == 400 and "maximum size" in res.json()["detail"], res.text
+    res = upload(client, [png_bytes(), png_bytes()], colour="red")
+    assert res.status_code == 422 and "colour" in res.json()["detail"], res.text
+
+
+def test_report_is_only_the_recorded_one(served, tmp_path):
+    _, run, prepared = served
+    # a report.html three folders above a run that no study recorded is never served
+    stray = tmp_path / "somewhere"
+    inner = shutil.copytree(run, stray / "exp" / "candidates" / "run")
+    (inner / ".camscope-run.json").unlink()  # a run folder with no report recorded
+    (stray / "report.html").write_text("<html>an unrelated page</html>", encoding="utf-8")
+    c = TestClient(create_app(inner, prepared))
+    assert c.get("/report").status_code == 404 and not c.get("/api/info").json()["report"]
+    # the same layout inside a study folder that recorded its report: served while it keeps its hash
+    study = claim(tmp_path / "study", "study")
+    inner = shutil.copytree(inner, study / "exp" / "candidates" / "run")
+    page = b"<html>the study's report</html>"
+    (study / "report.html").write_bytes(page)
+    record(study, "report", {"file": "report.html", "sha256": hashlib.sha256(page).hexdigest()})
+    c = TestClient(create_app(inner, prepared))
+    assert c.get("/report").content == page and c.get("/api/info").json()["report"]
+    (study / "report.html").write_text("<html>edited by hand</html>", encoding="utf-8")
+    res = c.get("/report")
+    assert res.status_code == 404 and "changed since camscope wrote it" in res.json()["detail"]
+
+
+def test_a_slow_method_past_the_time_limit_is_504(served):
+    app = create_app(served[1], served[2], time_limit_s=0.001)
+    res = TestClient(app).get("/api/explain-test/0", params={"method": "scorecam"})
+    assert res.status_code in (503, 504), res.text
+    assert "did not finish within" in res.text or "busy" in res.text or "ran out of time" in res.text
+
+
+def _raw_post(url: str, headers: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"POST /api/explain HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
+    return sock
+
+
+def _status(sock: socket.socket) -> tuple[int, str]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next((h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
+FILE_PART = (
+    b'--xx\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+    b"Content-Type: image/png\r\n\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def strict_server(served):
+    """The same run with a 1-s upload deadline."""
+    with _live(create_app(served[1], served[2], max_bytes=200_000, upload_timeout_s=1.0)) as url:
+        yield url
+
+
+def test_a_chunked_upload_is_refused_at_the_limit_not_after(strict_server):
+    sock = _raw_post(
+        strict_server, "Content-Type: multipart/form-data; boundary=xx\r\nTransfer-Encoding: chunked\r\n"
+    )
+    sent, chunk = 0, b"x" * 65536
+    sock.sendall(b"%x\r\n" % len(FILE_PART) + FILE_PART + b"\r\n")
+    try:
+        while sent < 200 * 2**20:  # the issue's 200 MB body: the server must stop it long before
+            sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            sent += len(chunk)
+    except OSError:  # the server answered and closed the connection
+        pass
+    code, body = _status(sock)
+    sock.close()
+    assert code == 413 and "larger than" in body, (code, body)
+    assert sent < 20 * 2**20, f"{sent} bytes were accepted before the refusal"
+
+
+def test_a_half_sent_upload_is_timed_out(strict_server):
+    t = time.perf_counter()
+    socks = [
+        _raw_post(strict_server, "Content-Type: multipart/form-data; boundary=xx\r\nContent-Length: 5000\r\n")
+        for _ in range(20)
+    ]
+    for sock in socks:
+        sock.sendall(FILE_PART + b"\x89PNG")  # and nothing more
+    codes = []
+    for sock in socks:
+        codes.append(_status(sock)[0])
+        sock.close()
+    assert codes == [408] * 20 and time.perf_counter() - t < 6, codes
+
+
+def test_info_stays_fast_while_heavy_uploads_run(live_server):
+    import httpx
+
+    pair = [sixteen_bit_png(seed=1), sixteen_bit_png(seed=2)]
+    files = [("files", (f"s{i}.png", b, "image/png")) for i, b in enumerate(pair)]
+    stop = threading.Event()
+    heavy_codes: list[int] = []
+
+    def heavy():
+        with httpx.Client(timeout=60) as c:
+            while not stop.is_set():
+                r = c.post(f"{live_server}/api/explain", files=files, data={"method": "scorecam"})
+                heavy_codes.append(r.status_code)
+
+    workers = [threading.Thread(target=heavy) for _ in range(4)]
+    for w in workers:
+        w.start()
+    lat = []
+    try:
+        time.sleep(0.5)
+        with httpx.Client(timeout=10) as c:
+            for _ in range(60):
+                t = time.perf_counter()
+                assert c.get(f"{live_server}/api/info").status_code == 200
+                lat.append(time.perf_counter() - t)
+                time.sleep(0.02)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=60)
+    lat.sort()
+    p95 = lat[int(0.95 * len(lat)) - 1]
+    p50 = statistics.median(lat)
+    print(f"\n/api/info under 4 heavy uploads: p50 {1000 * p50:.0f} ms, p95 {1000 * p95:.0f} ms")
+    assert heavy_codes and set(heavy_codes) == {200}, heavy_codes
+    assert p95 < 0.1

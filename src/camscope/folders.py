@@ -102,6 +102,29 @@ def _write_marker(p: Path, kind: str) -> None:
     )
 
 
+def record(folder: str | Path, key: str, value) -> None:
+    """Note ``key`` in a run folder's marker (the report it wrote and that file's hash, say)."""
+    p = Path(folder)
+    kind = run_kind(p)
+    if kind is None:
+        raise CamscopeError(f"{p} is not a camscope run folder", "give a study or training run folder")
+    info = _marker(p) or {"kind": kind, "camscope_version": __version__, "created": time.time()}
+    atomic_write_text(p / MARKER, json.dumps({**info, key: value}))
+
+
+def recorded(folder: str | Path, key: str):
+    """What ``record`` noted under ``key`` (None when nothing was, or the folder is no run folder)."""
+    return (_marker(Path(folder)) or {}).get(key) if run_kind(folder) else None
+
+
+def _marker(p: Path) -> dict | None:
+    try:
+        info = json.loads((p / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def owned(folder: str | Path) -> bool:
     """The folder is a camscope run folder (so camscope may replace it)."""
     return run_kind(folder) is not None

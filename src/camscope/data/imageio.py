@@ -28,10 +28,50 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTS)
 
 
+def _icon_frames(data: bytes) -> list[tuple[int, int]]:
+    """The sizes of the images inside an ICO/CUR file, read from the images themselves.
+
+    Pillow decodes an icon's largest frame inside ``Image.open``, and the directory's one-byte sizes
+    say nothing of an embedded PNG's real size, so a 500 KB icon can hold a 13000x13000 image.
+    """
+    count = int.from_bytes(data[4:6], "little")
+    sizes = []
+    for i in range(count):
+        entry = data[6 + 16 * i : 22 + 16 * i]
+        if len(entry) < 16:
+            raise ImageProblem("truncated", f"the icon directory lists {count} images but ends after {i}")
+        offset = int.from_bytes(entry[12:16], "little")
+        frame = data[offset : offset + 26]
+        if frame[:8] == b"\x89PNG\r\n\x1a\n" and len(frame) >= 24:
+            sizes.append((int.from_bytes(frame[16:20], "big"), int.from_bytes(frame[20:24], "big")))
+        elif len(frame) >= 12:  # a BMP info header: width, then twice the height (image and mask)
+            w = abs(int.from_bytes(frame[4:8], "little", signed=True))
+            sizes.append((w, abs(int.from_bytes(frame[8:12], "little", signed=True)) // 2))
+    return sizes
+
+
+def _check_frames(data: bytes, max_pixels: int) -> None:
+    """Refuse container formats whose inner images break the pixel limit, before Pillow sees them."""
+    if data[:4] in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00"):  # ICO, CUR
+        for w, h in _icon_frames(data):
+            if w * h > max_pixels:
+                raise ImageProblem(
+                    "too_large",
+                    f"the icon holds a {w}x{h} image = {w * h / 1e6:.0f} MP, above the "
+                    f"{max_pixels / 1e6:.0f} MP limit; refused before decoding",
+                )
+
+
 def open_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open lazily (header only) and refuse empty, non-image and oversized files."""
+    """Open lazily (header only) and refuse empty, non-image and oversized files.
+
+    Only the first frame of a multi-frame file (TIFF pages, animations) is ever decoded, and its
+    size is the one checked here; icons are checked frame by frame first (Pillow decodes them on
+    open).
+    """
     if len(data) == 0:
         raise ImageProblem("zero_byte", "the file is empty (0 bytes)")
+    _check_frames(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -6,12 +6,14 @@ next to this file) and writes ``report.html`` and ``results.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from camscope.data.audit import PROBLEM_KINDS
+from camscope.folders import owned, record
 from camscope.report.embed import ci, fig_png, img, pct
 from camscope.report.results import write_results
 from camscope.report.sections import experiment_view, model_label, weights_label
@@ -183,5 +185,9 @@ def write_report(results: dict, root: str | Path) -> Path:
     root = Path(root)
     write_results(results, root)
     path = root / "report.html"
-    atomic_write_text(path, render(results, root))
+    page = render(results, root)
+    atomic_write_text(path, page)
+    if owned(root):  # the web page serves only a report whose hash the run folder recorded
+        digest = hashlib.sha256(page.encode("utf-8")).hexdigest()
+        record(root, "report", {"file": path.name, "sha256": digest})
     return path
