@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -283,3 +284,248 @@ def test_evaluate_with_the_wrong_prepared_file(trained_run, tmp_path):
     _, other = synthetic_prepared(tmp_path / "other.safetensors", n=40, seed=9)
     res = runner.invoke(app, ["evaluate", str(trained_run.run), "--data", str(other)])
     one_line_error(res, "not the prepared dataset the run was trained on")
+
+
+def _edit_header(run: Path, edit) -> None:
+    """Rewrite best/last with ``edit(meta)`` applied to the header (tensors untouched)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for tag in ("best", "last"):
+        with safe_open(str(run / f"{tag}.safetensors"), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            meta = json.loads(f.metadata()["camscope"])
+        edit(meta)
+        save_file(tensors, run / f"{tag}.safetensors", metadata={"camscope": json.dumps(meta)})
+        (run / f"{tag}.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        # each of these made camscope allocate hundreds of GB before comparing the weights
+        (lambda m: m["model"].update(num_classes=10**9), "classes but names"),
+        (
+            lambda m: (m["model"].update(num_classes=10**9), m.update(classes=["c"] * 10**6)),
+            "classes but names",
+        ),
+        (
+            lambda m: m["model"]["kwargs"].update(widths=[300000] * 3),
+            "in the file but the header's model needs",
+        ),
+        (lambda m: m.pop("preprocess"), "does not record its input normalisation"),
+        (
+            lambda m: m["preprocess"].update(std=[0.0] * len(m["preprocess"]["std"])),
+            "unusable input normalisation",
+        ),
+    ],
+    ids=["num_classes", "num_classes_and_classes", "widths", "no_preprocess", "zero_std"],
+)
+def test_a_doctored_checkpoint_header_is_refused_before_building(trained_run, tmp_path, edit, words):
+    import resource
+
+    run = trained_run.copy(tmp_path / "run")
+    _edit_header(run, edit)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(trained_run.prepared)])
+    one_line_error(res, words)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 500, f"peak memory grew by {grown_mb:.0f} MB"
+
+
+def test_nan_outputs_are_an_error_never_a_score(trained_run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = trained_run.copy(tmp_path / "run")
+    for tag in ("best", "last"):
+        with safe_open(str(run / f"{tag}.safetensors"), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            header = f.metadata()
+        bias = next(k for k in tensors if k.startswith("model.") and k.endswith("bias"))
+        tensors[bias] = torch.full_like(tensors[bias], float("nan"))
+        save_file(tensors, run / f"{tag}.safetensors", metadata=header)
+    res = runner.invoke(app, ["evaluate", str(run), "--data", str(trained_run.prepared)])
+    one_line_error(res, "NaN or infinite outputs")
+    assert not (run / "evaluation" / "metrics.json").exists()
+
+
+# -- links, archives and bombs in a source ----------------------------------------------------
+
+
+def _two_class_tree(root: Path) -> Path:
+    rng = np.random.default_rng(3)
+    for c in ("ant", "bee"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            (root / c / f"{i}.jpg").write_bytes(jpeg_bytes(random_image(rng, 24)))
+    return root
+
+
+def _findings(out: Path) -> dict[str, str]:
+    report = json.loads((out / "audit.json").read_text())
+    return {p: pr["kind"] for pr in report["problems"] for p in pr["paths"]}
+
+
+def test_links_out_of_the_folder_and_link_loops_are_findings_not_crashes(tmp_path):
+    root = _two_class_tree(tmp_path / "tree")
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(jpeg_bytes(random_image(np.random.default_rng(9), 24)))
+    (root / "ant" / "out.jpg").symlink_to(secret)
+    (root / "ant" / "loop.jpg").symlink_to(root / "ant" / "loop.jpg")
+    (root / "bee" / "gone.jpg").symlink_to(root / "bee" / "nothing.jpg")
+    (root / "bee" / "inside.jpg").symlink_to(root / "bee" / "0.jpg")  # a link within the folder is fine
+    res = runner.invoke(app, ["audit", str(root), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    found = _findings(tmp_path / "a")
+    assert found["ant/out.jpg"] == "path_outside_root"
+    assert found["ant/loop.jpg"] == "unreadable" and found["bee/gone.jpg"] == "missing_file"
+    report = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert report["n_items"] == 9  # the eight files and the link inside the folder
+    res = runner.invoke(app, ["prepare", str(root), "--out", str(tmp_path / "p.safetensors"), "--size", "16"])
+    assert res.exit_code == 0, res.output
+
+
+def test_archive_members_with_absolute_or_parent_names_are_left_out(tmp_path):
+    import zipfile
+
+    rng = np.random.default_rng(4)
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for c in ("ant", "bee"):
+            for i in range(3):
+                z.writestr(f"{c}/{i}.jpg", jpeg_bytes(random_image(rng, 24)))
+        # zipfile.write() strips a leading slash; writestr with a ZipInfo keeps it, as other tools do
+        z.writestr(zipfile.ZipInfo("/etc/ant/abs.jpg"), jpeg_bytes(random_image(rng, 24)))
+        z.writestr(zipfile.ZipInfo("../evil/bee/up.jpg"), jpeg_bytes(random_image(rng, 24)))
+    res = runner.invoke(app, ["audit", str(archive), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    found = _findings(tmp_path / "a")
+    assert found["/etc/ant/abs.jpg"] == found["../evil/bee/up.jpg"] == "path_outside_root"
+    assert json.loads((tmp_path / "a" / "audit.json").read_text())["n_items"] == 6
+
+
+def test_a_zip_bomb_member_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    import zipfile
+
+    from camscope.data import store
+
+    rng = np.random.default_rng(5)
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for c in ("ant", "bee"):
+            for i in range(3):
+                z.writestr(f"{c}/{i}.jpg", jpeg_bytes(random_image(rng, 24)))
+        z.writestr("ant/bomb.jpg", b"\0" * (40 * 2**20))  # 40 MB of zeros in about 40 KB
+        z.writestr("bee/big.jpg", rng.integers(0, 255, 3 * 2**20, dtype=np.uint8).tobytes())
+    monkeypatch.setattr(store, "MAX_FILE_BYTES", 2 * 2**20)  # so a 3-MB member stands for a huge one
+    res = runner.invoke(app, ["audit", str(archive), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "a" / "audit.json").read_text())
+    details = {p: pr["detail"] for pr in report["problems"] for p in pr["paths"]}
+    kinds = _findings(tmp_path / "a")
+    assert kinds["ant/bomb.jpg"] == kinds["bee/big.jpg"] == "too_large"
+    assert "zip bomb" in details["ant/bomb.jpg"] and "refused before reading" in details["bee/big.jpg"]
+
+
+def test_data_root_escaping_an_archive_is_one_line(tmp_path):
+    import zipfile
+
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("d/m.csv", "file,label\n0.jpg,a\n")
+    res = runner.invoke(
+        app,
+        [
+            "audit",
+            f"{archive}!/d/m.csv",
+            "--data-root",
+            "../..",
+            "--image-col",
+            "file",
+            "--label-col",
+            "label",
+        ]
+        + ["--out", str(tmp_path / "a")],
+    )
+    one_line_error(res, "--data-root", "never ../")
+
+
+@pytest.mark.parametrize(
+    "pattern", ["img/{id.__class__}.jpg", "img/{row[0]}.jpg", "img/{row!r}.jpg", "img/{0}.jpg"]
+)
+def test_patterns_allow_only_their_fields(tmp_path, pattern):
+    p = _csv_root(tmp_path, "label\na\nb\n")
+    res = runner.invoke(
+        app, ["audit", str(p), "--pattern", pattern, "--label-col", "label", "--out", str(tmp_path / "a")]
+    )
+    one_line_error(res, "pattern", "{row}")
+
+
+def test_predict_csv_with_short_rows_and_latin1(trained_run, tmp_path):
+    rng = np.random.default_rng(6)
+    for name in ("h.jpg", "t.jpg", "été.jpg"):
+        (tmp_path / name).write_bytes(jpeg_bytes(random_image(rng, 24)))
+    (tmp_path / "short.csv").write_text("a,b\nh.jpg,t.jpg\nh.jpg\n,\n", encoding="utf-8")
+    (tmp_path / "latin.csv").write_bytes("a,b\nh.jpg,t.jpg\nété.jpg,t.jpg\n".encode("latin-1"))
+    said = {}
+    for name, n in (("short.csv", 1), ("latin.csv", 2)):
+        out = tmp_path / f"{name}.out.csv"
+        args = ["predict", str(trained_run.run), str(tmp_path / name), "--image-col", "a", "--image-col", "b"]
+        res = runner.invoke(app, [*args, "--out", str(out)])
+        assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+        rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+        assert len(rows) == n, rows
+        said[name] = " ".join(res.output.split())
+    assert "row 2 has no value in column(s) b" in said["short.csv"]
+    assert "not valid UTF-8" in said["latin.csv"]
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_predict_top_k_below_one_is_refused(trained_run, tmp_path, k):
+    (tmp_path / "h.jpg").write_bytes(jpeg_bytes(random_image(np.random.default_rng(7), 24)))
+    (tmp_path / "m.csv").write_text("a,b\nh.jpg,h.jpg\n", encoding="utf-8")
+    args = ["predict", str(trained_run.run), str(tmp_path / "m.csv"), "--image-col", "a", "--image-col", "b"]
+    res = runner.invoke(app, [*args, "--top-k", k, "--out", str(tmp_path / "o.csv")])
+    one_line_error(res, "--top-k must be at least 1")
+    assert not (tmp_path / "o.csv").exists()
+
+
+# -- study files and --set --------------------------------------------------------------------
+
+ALIAS_BOMB = "\n".join(
+    ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    + [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    + ["name: bomb"]
+)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    study = tmp_path / "bomb.yaml"
+    study.write_text(ALIAS_BOMB, encoding="utf-8")
+    assert len(study.read_bytes()) < 1000  # 9 levels of 9 aliases: 387 million values once built
+    t = time.perf_counter()
+    res = runner.invoke(app, ["run", str(study), "--out", str(tmp_path / "out")])
+    one_line_error(res, "aliases")
+    assert time.perf_counter() - t < 10 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("name.x=1", "is a value"),
+        ("seed=!!python/object/apply:os.system [touch PWNED]", "not valid YAML"),
+        ("experiments.x=1", "list of experiments"),
+        ("a..b=1", "empty part"),
+    ],
+)
+def test_bad_set_is_one_line(tmp_path, setting, words):
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "name: s\nsource: {kind: synthetic, n: 40, size: 16}\nexperiments:\n  - name: e\n", encoding="utf-8"
+    )
+    res = runner.invoke(app, ["run", str(study), "--out", str(tmp_path / "out"), "--set", setting])
+    one_line_error(res, words)
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()

@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from camscope import __version__
@@ -76,9 +77,10 @@ def cli_errors(fn):
         try:
             return fn(*args, **kwargs)
         except CamscopeError as e:
-            err.print(f"[bold red]error:[/] {e.message}", soft_wrap=True)
+            # messages quote user input ([a, b], a file name): never read as rich markup
+            err.print(f"[bold red]error:[/] {escape(e.message)}", soft_wrap=True)
             if e.hint:
-                err.print(f"[yellow]hint:[/] {e.hint}", soft_wrap=True)
+                err.print(f"[yellow]hint:[/] {escape(e.hint)}", soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[red]interrupted[/]: finished artifacts were written atomically and are intact")
@@ -411,8 +413,10 @@ def predict(
     from camscope.predict import predict_paths
 
     res = predict_paths(run, paths, out, top_k, image_col, cam, cam_dir, batch, device)
+    for note in res["notes"]:
+        err.print(f"[yellow]note: {escape(note)}[/]")
     for p in res["skipped"]:
-        err.print(f"[yellow]skipped {p['path']}: {p['kind']}: {p['detail']}[/]")
+        err.print(f"[yellow]skipped {escape(p['path'])}: {p['kind']}: {escape(p['detail'])}[/]")
     console.print(
         f"{res['predicted']} images classified, {len(res['skipped'])} skipped; [bold]{res['out']}[/]"
     )
@@ -634,8 +638,15 @@ def serve(
     max_mb: Annotated[float, typer.Option("--max-mb", help="largest upload in MB")] = 10.0,
     max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="largest image")] = 40.0,
     report_path: Annotated[
-        Path | None, typer.Option("--report", help="report.html to serve at /report (default: found)")
+        Path | None,
+        typer.Option("--report", help="report.html to serve at /report (default: the one the run recorded)"),
     ] = None,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", min=1, help="seconds an explanation may take (then 503/504)")
+    ] = 60.0,
+    upload_timeout: Annotated[
+        float, typer.Option("--upload-timeout", min=1, help="seconds an upload may take to arrive (then 408)")
+    ] = 30.0,
     device: DeviceOpt = "cpu",
 ):
     """A web page: upload an image or pick a test image, see the top-k prediction and its CAM."""
@@ -650,7 +661,18 @@ def serve(
     except CamscopeError as e:  # the page works without test images; say why there are none
         err.print(f"[yellow]no test images to pick: {e}[/]")
         prepared = None
-    run_server(run, prepared, host, port, device, int(max_mb * 2**20), int(max_megapixels * 1e6), report_path)
+    run_server(
+        run,
+        prepared,
+        host,
+        port,
+        device,
+        int(max_mb * 2**20),
+        int(max_megapixels * 1e6),
+        report_path,
+        time_limit_s=time_limit,
+        upload_timeout_s=upload_timeout,
+    )
 
 
 @app.command()

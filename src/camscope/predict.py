@@ -8,6 +8,7 @@ skipped, never fatal.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 from camscope.data.imageio import IMAGE_EXTS, ImageProblem
 from camscope.data.prepare import prepare_encoded
+from camscope.data.sources import read_csv_text
 from camscope.errors import CamscopeError
 from camscope.models.inference import predict_logits
 from camscope.progress import make_progress
@@ -22,9 +24,13 @@ from camscope.runs import open_run
 from camscope.utils import unique_stems, write_rows_csv
 
 
-def collect_inputs(paths: list[str], image_cols: list[str] | None = None) -> list[tuple[str, list[Path]]]:
-    """(name, [side files]) for files, folders (recursively) and CSV files (``image_cols``)."""
+def collect_inputs(
+    paths: list[str], image_cols: list[str] | None = None
+) -> tuple[list[tuple[str, list[Path]]], list[dict]]:
+    """(name, [side files]) for files, folders (recursively) and CSV files (``image_cols``), and the
+    CSV rows left out (a row without a path, say) with why, or a note (kind "note")."""
     items: list[tuple[str, list[Path]]] = []
+    problems: list[dict] = []
     for arg in paths:
         p = Path(arg)
         if p.is_dir():
@@ -32,22 +38,45 @@ def collect_inputs(paths: list[str], image_cols: list[str] | None = None) -> lis
                 if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
                     items.append((str(f), [f]))
         elif p.suffix.lower() == ".csv":
-            with open(p, newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                cols = image_cols or (["path"] if "path" in (reader.fieldnames or []) else None)
-                if not cols or not set(cols) <= set(reader.fieldnames or []):
-                    raise CamscopeError(
-                        f"{p} has no image column {cols or 'path'}",
-                        f"name it with --image-col; columns: {', '.join(reader.fieldnames or [])}",
-                    )
-                for row in reader:
-                    files = [(p.parent / row[c]) for c in cols]
-                    items.append((" | ".join(row[c] for c in cols), files))
+            _csv_inputs(p, image_cols, items, problems)
         else:
             items.append((str(p), [p]))
     if not items:
         raise CamscopeError("no images found in the given paths", "pass image files, folders or a CSV")
-    return items
+    return items, problems
+
+
+def _csv_inputs(p: Path, image_cols, items: list, problems: list) -> None:
+    try:
+        text, warning = read_csv_text(p.read_bytes(), str(p))
+    except OSError as e:
+        raise CamscopeError(f"cannot read {p}: {e}", "check the path") from None
+    if warning:
+        problems.append({"path": str(p), "kind": "note", "detail": warning})
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    cols = image_cols or (["path"] if "path" in (reader.fieldnames or []) else None)
+    if not cols or not set(cols) <= set(reader.fieldnames or []):
+        raise CamscopeError(
+            f"{p} has no image column {cols or 'path'}",
+            f"name it with --image-col; columns: {', '.join(reader.fieldnames or [])}",
+        )
+    for row_no, row in enumerate(reader, start=1):
+        names = [(row.get(c) or "").strip() for c in cols]
+        if not all(names):
+            empty = [c for c, n in zip(cols, names, strict=True) if not n]
+            detail = f"row {row_no} has no value in column(s) {', '.join(empty)}; skipped"
+            problems.append({"path": f"{p}:{row_no}", "kind": "missing_file", "detail": detail})
+            continue
+        items.append((" | ".join(names), [p.parent / n for n in names]))
+
+
+def _check_sides(items: list[tuple[str, list[Path]]], sides: int) -> None:
+    wrong = [(name, len(files)) for name, files in items if len(files) != sides]
+    if wrong:
+        raise CamscopeError(
+            f"the run was trained on {sides}-sided objects, but {wrong[0][0]!r} gives {wrong[0][1]} file(s)",
+            "pass a CSV with one --image-col per side" if sides > 1 else "pass one image per item",
+        )
 
 
 def _prepare_one(files: list[Path], spec: dict) -> np.ndarray:
@@ -75,16 +104,13 @@ def predict_paths(
     model, meta, prep = run.model, run.meta, run.prep
     spec = run.prepared_spec()
     sides = int(spec.get("sides", 1))
-    items = collect_inputs(paths, image_cols)
-    wrong = [(name, len(files)) for name, files in items if len(files) != sides]
-    if wrong:
-        raise CamscopeError(
-            f"the run was trained on {sides}-sided objects, but {wrong[0][0]!r} gives {wrong[0][1]} file(s)",
-            "pass a CSV with one --image-col per side" if sides > 1 else "pass one image per item",
-        )
+    if top_k < 1:
+        raise CamscopeError(f"--top-k must be at least 1, not {top_k}", "e.g. --top-k 3")
+    items, problems = collect_inputs(paths, image_cols)
+    _check_sides(items, sides)
     classes = meta["classes"]
     k = min(top_k, len(classes))
-    rows, problems = [], []
+    rows = []
     tta = meta["preprocess"].get("tta") or "none"
     cam_out = Path(cam_dir or Path(out_csv).parent / "cams")
     # x/img.jpg and y/img.jpg must not write one img_gradcam.png
@@ -126,7 +152,12 @@ def predict_paths(
     fields = ["path"] + [f for j in range(k) for f in (f"label_{j + 1}", f"confidence_{j + 1}")]
     fields += ["cam_file"] if cam else []
     write_rows_csv(out_csv, rows, fields)
-    return {"predicted": len(rows), "skipped": problems, "out": str(out_csv)}
+    return {
+        "predicted": len(rows),
+        "skipped": [p for p in problems if p["kind"] != "note"],
+        "notes": [p["detail"] for p in problems if p["kind"] == "note"],
+        "out": str(out_csv),
+    }
 
 
 def _save_cams(model, x, prep, targets, files: list[Path], method, classes, conf) -> None:

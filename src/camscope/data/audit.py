@@ -108,6 +108,8 @@ class ImageRecord:
 def _scan_one(source: Source, key: str) -> ImageRecord:
     try:
         raw = source.fetch(key)
+    except ImageProblem as e:  # a bomb, a link out of the folder: refused before reading
+        return ImageRecord(key, 0, None, problem=(e.kind, e.detail))
     except (OSError, KeyError) as e:
         return ImageRecord(key, 0, None, problem=("missing_file", f"cannot be read: {e}"))
     if isinstance(raw, np.ndarray):

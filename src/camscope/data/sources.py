@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import io
 import re
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,8 @@ class FolderSource(Source):
         self.description = self.store.description
         self.max_pixels = max_pixels
         files = self._unwrap(path, prefix)
+        for rel, kind, why in self.store.skipped:
+            self.problems.append(Problem(kind, [safe_text(rel)], f"{why}; left out"))
         tops = {f.split("/", 1)[0] for f in files if "/" in f}
         has_splits = bool(tops) and tops <= set(SPLIT_DIR_NAMES)
         class_dirs: dict[str, int] = {}
@@ -222,7 +225,8 @@ def _close(name: str, options: list[str]) -> str:
     return f"; did you mean {near[0]!r}?" if near else ""
 
 
-def _read_csv_text(raw: bytes, where: str) -> tuple[str, str | None]:
+def read_csv_text(raw: bytes, where: str) -> tuple[str, str | None]:
+    """A CSV's text (UTF-8, else Windows-1252, which decodes any byte) and a warning for the latter."""
     try:
         return raw.decode("utf-8-sig"), None
     except UnicodeDecodeError:
@@ -273,14 +277,27 @@ def _label_rule(label_col: str | None, label_from: str | None, label_regex: str 
 
 
 def _check_patterns(patterns: list[str]) -> None:
+    """Only the documented fields, plainly: ``{id.__class__}`` or ``{row[0]}`` would reach into
+    Python objects, so attribute and index access, conversions and nested fields are refused."""
+    hint = "use {row} (1-based data row, e.g. {row:05d}) or {id}"
     for p in patterns:
         try:
+            fields = list(string.Formatter().parse(p))
+        except ValueError as e:
+            raise CamscopeError(f"file-name pattern {p!r} is not valid: {e}", hint) from None
+        for _, name, spec, conversion in fields:
+            if name is None:
+                continue
+            if name not in ("row", "id") or conversion or "{" in (spec or ""):
+                raise CamscopeError(
+                    f"file-name pattern {p!r} uses {{{name}{'!' + conversion if conversion else ''}"
+                    f"{':' + spec if spec else ''}}}, which is not one of its fields",
+                    hint,
+                )
+        try:
             p.format(row=1, id="x")
-        except (KeyError, IndexError, ValueError) as e:
-            raise CamscopeError(
-                f"file-name pattern {p!r} is not valid: {e}",
-                "use {row} (1-based data row, e.g. {row:05d}) or {id}",
-            ) from None
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise CamscopeError(f"file-name pattern {p!r} is not valid: {e}", hint) from None
 
 
 class CsvSource(Source):
@@ -362,7 +379,7 @@ class CsvSource(Source):
 
     def _reader(self, raw: bytes, where: str, delimiter: str | None) -> csv.DictReader:
         """A reader over the rows, after checking that the columns asked for exist."""
-        text, enc_warning = _read_csv_text(raw, where)
+        text, enc_warning = read_csv_text(raw, where)
         if enc_warning:
             self.problems.append(Problem("csv_encoding", [where], enc_warning))
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter or _sniff_delimiter(text))

@@ -9,6 +9,7 @@ people and tools. Both files are written to a temporary name and renamed into pl
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,24 +132,115 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(meta, parts["model"], parts["optim"], parts["lookahead"])
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, checkpoint metadata, Preprocess) from a checkpoint or a run folder."""
-    from camscope.models import build_model
-    from camscope.models.inference import Preprocess
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the file's header, without reading a byte of the tensors."""
+    p = checkpoint_file(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise CamscopeError(f"{p} is not a readable checkpoint: {e}", "re-run or resume the training") from e
 
-    ck = load_checkpoint(path)
-    spec = ck.meta.get("model") or {}
-    if "num_classes" not in spec:
+
+def model_spec(meta: dict, path) -> dict:
+    """The header's recipe for the model, checked for what a rebuild needs."""
+    spec = meta.get("model") or {}
+    if not isinstance(spec, dict) or "num_classes" not in spec:
         raise CamscopeError(
             f"{path} does not say how to rebuild its model", "it was trained with a custom model"
         )
-    model = build_model(
-        spec["name"],
-        spec["num_classes"],
-        spec["in_channels"],
-        tuple(spec["image_size"]),
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or spec["num_classes"] != len(classes):
+        raise CamscopeError(
+            f"{path}: its header says {spec['num_classes']!r} classes but names "
+            f"{len(classes) if isinstance(classes, list) else 'none'}",
+            "the checkpoint's header was edited or damaged; use the checkpoint training wrote",
+        )
+    return spec
+
+
+def preprocess_of(meta: dict, path) -> tuple[list[float], list[float]]:
+    """The header's input normalisation: a mean and a positive, finite std per channel."""
+    pp = meta.get("preprocess")
+    try:
+        mean, std = [float(v) for v in pp["mean"]], [float(v) for v in pp["std"]]
+    except (TypeError, KeyError, ValueError):
+        raise CamscopeError(
+            f"{path} does not record its input normalisation (preprocess mean and std)",
+            "the checkpoint's header was edited or damaged; use the checkpoint training wrote",
+        ) from None
+    bad = [v for v in std if not (v > 0 and math.isfinite(v))] + [v for v in mean if not math.isfinite(v)]
+    if bad or not mean or len(mean) != len(std):
+        raise CamscopeError(
+            f"{path} records an unusable input normalisation (mean {mean}, std {std}): "
+            "dividing by it would turn every image into NaN",
+            "the checkpoint's header was edited or damaged; use the checkpoint training wrote",
+        )
+    return mean, std
+
+
+def _check_shapes(spec: dict, path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Build the model on the meta device (no memory) and compare its tensors with the file's, so a
+    header claiming a billion classes is refused before anything is allocated."""
+    from camscope.models import build_model
+
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(**_build_args(spec))
+    except CamscopeError:
+        raise
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked when loaded
+        return
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k.removeprefix("model."): v for k, v in shapes.items() if k.startswith("model.")}
+    for name, shape in want.items():
+        if name in have and have[name] != shape:
+            raise CamscopeError(
+                f"the weights in {path} do not fit {spec['name']}: {name} is {list(have[name])} in the "
+                f"file but the header's model needs {list(shape)}",
+                "the header was edited or names another architecture; use the checkpoint training wrote",
+            )
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or unexpected:
+        raise CamscopeError(
+            f"the weights in {path} do not fit {spec['name']}: "
+            f"{len(missing)} missing, {len(unexpected)} unexpected",
+            "the checkpoint may come from another camscope version",
+        )
+
+
+def _build_args(spec: dict) -> dict:
+    return {
+        "name": spec["name"],
+        "num_classes": spec["num_classes"],
+        "in_channels": spec["in_channels"],
+        "image_size": tuple(spec["image_size"]),
         **spec.get("kwargs", {}),
-    )
+    }
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, checkpoint metadata, Preprocess) from a checkpoint or a run folder.
+
+    The header is checked before anything is built: the model's recipe, its normalisation, and
+    the shape of every tensor the recipe implies against the tensors in the file.
+    """
+    from camscope.models import build_model
+    from camscope.models.inference import Preprocess
+
+    file = checkpoint_file(path)
+    meta = read_meta(file)
+    spec = model_spec(meta, path)
+    mean, std = preprocess_of(meta, path)
+    try:
+        _check_shapes(spec, path, tensor_shapes(file))
+        ck = load_checkpoint(file)
+        model = build_model(**_build_args(spec))
+    except (KeyError, TypeError) as e:
+        raise CamscopeError(
+            f"{path} has an incomplete model recipe ({e})",
+            "the checkpoint's header was edited or damaged; use the checkpoint training wrote",
+        ) from None
     try:
         missing, unexpected = model.load_state_dict(ck.model, strict=False)
     except RuntimeError as e:  # shapes that do not match the architecture the sidecar names
@@ -163,5 +255,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
             f"{len(missing)} missing, {len(unexpected)} unexpected",
             "the checkpoint may come from another camscope version",
         )
-    pp = ck.meta["preprocess"]
-    return model.to(device).eval(), ck.meta, Preprocess(pp["mean"], pp["std"])
+    return model.to(device).eval(), ck.meta, Preprocess(mean, std)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camscope.errors import CamscopeError
+
 TTA_MODES = ("none", "flip", "flip_translate")
 
 
@@ -63,6 +65,19 @@ def forward_tta(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.T
     return 0.5 * logits + 0.5 * moved
 
 
+def finite(logits: torch.Tensor) -> torch.Tensor:
+    """The logits, or an error when any is NaN or infinite: such outputs must never become a score
+    (argmax of NaN is class 0, and accuracy, ECE and the rest would look like numbers)."""
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bad.any():
+        raise CamscopeError(
+            f"the model gave NaN or infinite outputs for {int(bad.sum())} of {len(logits)} images",
+            "its checkpoint is damaged (a zero std in its normalisation, say) or training diverged; "
+            "retrain, or use another checkpoint",
+        )
+    return logits
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -90,7 +105,7 @@ def predict_logits(
         model.train(was_training)
     if not out:
         return torch.empty(0, 0)
-    return torch.cat(out)
+    return finite(torch.cat(out))
 
 
 @torch.no_grad()
@@ -113,4 +128,4 @@ def logits_and_features(
     finally:
         handle.remove()
         model.train(was_training)
-    return torch.cat(logits), torch.cat(feats)
+    return finite(torch.cat(logits)), torch.cat(feats)

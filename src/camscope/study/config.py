@@ -232,12 +232,7 @@ class Study(_Strict):
         p = Path(path)
         if not p.is_file():
             raise CamscopeError(f"study file {p} not found", "give the path of a .yaml study file")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise CamscopeError(
-                f"{p} is not valid YAML: {e}", "check the indentation near that line"
-            ) from None
+        raw = load_yaml(p.read_text(encoding="utf-8"), str(p))
         if not isinstance(raw, dict):
             raise CamscopeError(f"{p} does not hold a study (a mapping of sections)", "see studies/demo.yaml")
         for key, value in (overrides or {}).items():
@@ -298,10 +293,60 @@ def _is_special(value: str) -> bool:
     return value.lower().startswith(("cifar10", "synthetic"))
 
 
+# A study is a few hundred values; aliases (&a ... *a) may repeat a block, but an alias bomb
+# (9 levels of 9 references: 387 million values from 857 bytes) must be refused before it is built.
+MAX_YAML_VALUES = 100_000
+
+
+def load_yaml(text: str, where: str, hint: str = "check the indentation near that line") -> Any:
+    """YAML through the safe loader (no tags that build Python objects), refused when its aliases
+    would expand past MAX_YAML_VALUES."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _count_values(node, {}, set())
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CamscopeError(f"{where} is not valid YAML: {' '.join(str(e).split())}", hint) from None
+    except (_TooBig, RecursionError):
+        raise CamscopeError(
+            f"{where} expands to more than {MAX_YAML_VALUES:,} values through its aliases "
+            "(&name ... *name) or nests too deeply",
+            "write the repeated values out; a study needs a few hundred",
+        ) from None
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _count_values(node: yaml.Node, seen: dict[int, int], open_: set[int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (each node counted once)."""
+    if id(node) in seen:
+        return seen[id(node)]
+    if id(node) in open_:  # an alias to a node that contains it: infinite once expanded
+        raise _TooBig
+    open_.add(id(node))
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_count_values(child, seen, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_count_values(k, seen, open_) + _count_values(v, seen, open_) for k, v in node.value)
+    open_.discard(id(node))
+    if n > MAX_YAML_VALUES:
+        raise _TooBig
+    seen[id(node)] = n
+    return n
+
+
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
     parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
+    if not all(parts):
+        raise CamscopeError(
+            f"--set {key}: empty part in the key", "write section.key=value, e.g. split.seed=1"
+        )
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
             names = [e.get("name") for e in node if isinstance(e, dict)]
             node = next((e for e in node if isinstance(e, dict) and e.get("name") == part), None)
@@ -311,6 +356,17 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
                 )
             continue
         node = node.setdefault(part, {})
+        if not isinstance(node, dict | list):
+            where = ".".join(parts[: i + 1])
+            raise CamscopeError(
+                f"--set {key}: {where} is a value ({node!r}), not a section with keys",
+                f"set it directly: --set {where}=VALUE",
+            )
+    if isinstance(node, list):
+        raise CamscopeError(
+            f"--set {key}: {'.'.join(parts[:-1])} is a list of experiments",
+            f"name the experiment and the key: --set {'.'.join(parts[:-1])}.NAME.KEY=VALUE",
+        )
     node[parts[-1]] = value
 
 
@@ -323,5 +379,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
                 f"cannot read --set {item!r}", "write key=value, e.g. source.path=/data/coins.zip"
             )
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = load_yaml(
+            v, f"the value of --set {k.strip()}", "give a number, true/false, a list [a, b] or plain text"
+        )
     return out
