@@ -15,6 +15,7 @@ LAYERS = [
     {"runs", "train"},
     {"evaluate", "explain"},
     {"probes", "predict"},
+    {"labels"},  # screens a dataset with a backbone through the probes' feature extraction
     {"report", "serve"},
     {"study"},
     {"api", "cli"},

@@ -380,12 +380,25 @@ def evaluate(
     tta: Annotated[str | None, typer.Option(help="none | flip | flip_translate (default: the run's)")] = None,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% intervals (0: off)")] = 1000,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (default RUN/eval)")] = None,
+    label_issues: Annotated[
+        Path | None,
+        typer.Option(
+            "--label-issues", help="folder of camscope label-issues: also score without the flagged"
+        ),
+    ] = None,
     device: DeviceOpt = "cpu",
 ):
     """Accuracy, precision/recall/F1, confusion matrices, calibration and error gallery of a run."""
     from camscope.evaluate.run import evaluate_run
 
-    res = evaluate_run(_open(run, data, device), split=split_name, tta=tta, bootstrap=bootstrap, out=out)
+    res = evaluate_run(
+        _open(run, data, device),
+        split=split_name,
+        tta=tta,
+        bootstrap=bootstrap,
+        out=out,
+        label_issues=label_issues,
+    )
     print_evaluation(res)
     console.print(f"written to [bold]{res['out']}[/]")
 
@@ -584,6 +597,57 @@ def features(
             f"(train {p['n_train']}, test {p['n_test']})"
         )
     console.print(f"written to [bold]{res['out']}[/]")
+
+
+@app.command("label-issues")
+@cli_errors
+def label_issues(
+    data: Annotated[Path, typer.Argument(help="prepared dataset (camscope prepare)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+    audit_path: Annotated[
+        Path | None, typer.Option("--audit", help="audit.json: its duplicate groups stay in one fold")
+    ] = None,
+    folds: Annotated[int, typer.Option(help="cross-validation folds")] = 5,
+    backbone: Annotated[str, typer.Option(help="timm or torchvision backbone")] = "tf_efficientnet_lite0",
+    weights: Annotated[str, typer.Option(help="the backbone's weights: imagenet | FILE | none")] = "imagenet",
+    score: Annotated[
+        str, typer.Option(help="ranking: normalized_margin | self_confidence")
+    ] = "normalized_margin",
+    min_side: Annotated[int, typer.Option(help="enlarge images to this short side for the backbone")] = 96,
+    seed: Annotated[int, typer.Option(help="fold assignment seed")] = 0,
+    device: DeviceOpt = "cpu",
+):
+    """Items whose label is probably wrong: out-of-fold probabilities from a frozen pretrained
+    backbone and a linear head, then confident learning. Writes label_issues.csv (every item, most
+    suspect first), probabilities.csv and label_issues.json; nothing is relabelled or dropped."""
+    from camscope.data.audit import load_audit
+    from camscope.labels.screen import ScreenConfig, screen
+
+    cfg = ScreenConfig(
+        folds=folds,
+        backbone=backbone,
+        weights=None if weights.lower() == "none" else weights,
+        score=score,
+        min_side=min_side,
+        seed=seed,
+        device=device,
+    )
+    res = screen(data, out, cfg, load_audit(audit_path) if audit_path else None)
+    t = Table(title=f"most suspect labels ({res['n_flagged']} of {res['n_items']} flagged)")
+    for col in ("rank", "id", "given", "suggested", res["config"]["score"], "flagged"):
+        t.add_column(col)
+    for r in res["most_suspect"][:15]:
+        t.add_row(
+            *(
+                escape(str(r[c]))
+                for c in ("rank", "id", "given", "suggested", res["config"]["score"], "flagged")
+            )
+        )
+    console.print(t)
+    console.print(
+        f"out-of-fold accuracy {res['out_of_fold_accuracy']:.3f}; {res['seconds']:.0f} s; "
+        f"[bold]{out / 'label_issues.csv'}[/]"
+    )
 
 
 @app.command("run")
@@ -812,6 +876,9 @@ def print_evaluation(res: dict) -> None:
         cols.append(
             (f"leak-free (-{res['leak_free']['n_excluded_with_duplicate_in_train']})", res["leak_free"])
         )
+    without = res.get("without_label_issues") or {}
+    if "accuracy" in without:
+        cols.append((f"no label issues (-{without['n_excluded_flagged']})", without))
     t.add_column("metric")
     for name, _ in cols:
         t.add_column(name, justify="right")

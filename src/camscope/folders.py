@@ -27,10 +27,10 @@ from camscope.utils import atomic_write_text
 
 MARKER = ".camscope-run.json"
 LOCK = ".camscope.lock"
-KINDS = ("study", "train")
+KINDS = ("study", "train", "labels")
 
 # files that identify a run folder written before the marker existed
-_LEGACY = {"study": ("stages.json",), "train": ("last.json", "best.json", "split.json")}
+_LEGACY = {"study": ("stages.json",), "train": ("last.json", "best.json", "split.json"), "labels": ()}
 
 _held: dict[Path, int] = {}  # folders this process holds, and how deeply (holding is re-entrant)
 
@@ -40,7 +40,7 @@ class FolderBusy(CamscopeError):
 
 
 def run_kind(folder: str | Path) -> str | None:
-    """'study' or 'train' for a camscope run folder, None for anything else."""
+    """'study', 'train' or 'labels' for a camscope run folder, None for anything else."""
     p = Path(folder)
     marker = p / MARKER
     if marker.is_file():

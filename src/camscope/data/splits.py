@@ -87,6 +87,15 @@ def _item_groups(ds: PreparedDataset, path_groups: list[list[str]]) -> list[list
     return merge_groups([*({i for p in g for i in owners.get(p, [])} for g in path_groups), *shared])
 
 
+def duplicate_groups(ds: PreparedDataset, audit: dict | None = None) -> list[list[str]]:
+    """Groups of item ids that are one picture: the audit's exact and near-duplicate groups, and
+    items naming the same file (with or without an audit)."""
+    if audit is not None:
+        _check_audit(ds, audit)
+    paths = [*audit["exact_duplicate_groups"], *audit["near_duplicate_groups"]] if audit else []
+    return _item_groups(ds, paths)
+
+
 def _stable_int(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from camscope.errors import CamscopeError
 from camscope.evaluate.metrics import classification_metrics
 from camscope.figures import displayable, grid, pyplot, save_png
 from camscope.models.inference import predict_logits
@@ -30,8 +31,10 @@ def evaluate_run(
     bootstrap: int = 1000,
     gallery: int = 24,
     out: str | Path | None = None,
+    label_issues: str | Path | None = None,
 ) -> dict:
-    """Metrics of ``run`` on ``split`` (and on its items with no duplicate in training), with
+    """Metrics of ``run`` on ``split`` (and on its items with no duplicate in training, and, given
+    the folder of `camscope label-issues` on the same dataset, on its items not flagged), with
     tables and figures in ``out`` (default RUN/eval)."""
     out = run.out("eval", out)
     classes = run.classes
@@ -58,6 +61,14 @@ def evaluate_run(
         "n_excluded_with_duplicate_in_train": int(leaked.sum()),
         **(classification_metrics(logits[clean], labels[clean], classes, bootstrap) if clean.any() else {}),
     }
+    if label_issues is not None:
+        flagged = _flagged(label_issues, run.dataset().info.get("dataset_hash"), ids)
+        kept = ~flagged
+        result["without_label_issues"] = {
+            "label_issues": str(label_issues),
+            "n_excluded_flagged": int(flagged.sum()),
+            **(classification_metrics(logits[kept], labels[kept], classes, bootstrap) if kept.any() else {}),
+        }
     out.mkdir(parents=True, exist_ok=True)
     _write_tables(out, result, classes)
     _confusion_png(out / "confusion.png", np.array(result["all"]["confusion"]), classes)
@@ -66,6 +77,26 @@ def evaluate_run(
     _write_predictions(out / "predictions.csv", ids, labels, logits, classes, leaked)
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=1))
     return {**result, "out": str(out)}
+
+
+def _flagged(folder: str | Path, dataset: str | None, ids: list[str]) -> torch.Tensor:
+    """Which of ``ids`` a label-issues screen of the same prepared dataset flagged."""
+    p = Path(folder)
+    p = p / "label_issues.json" if p.is_dir() else p
+    try:
+        screen = json.loads(p.read_text(encoding="utf-8"))
+        flagged = set(screen["flagged_ids"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CamscopeError(
+            f"{p} is not the label_issues.json of a label-issues screen",
+            "pass the folder camscope label-issues wrote",
+        ) from None
+    if screen.get("dataset_hash") != dataset:
+        raise CamscopeError(
+            f"{p} screened another prepared dataset than the run was trained on",
+            "screen the run's own dataset: camscope label-issues PREPARED --out DIR",
+        )
+    return torch.tensor([i in flagged for i in ids], dtype=torch.bool)
 
 
 def _write_tables(out: Path, result: dict, classes: list[str]) -> None:

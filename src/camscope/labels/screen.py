@@ -1,0 +1,223 @@
+"""`camscope label-issues PREPARED --out DIR`: every labelled item scored by a model that never
+saw it, and the items whose label is probably wrong.
+
+Out-of-fold probabilities come from a frozen pretrained backbone (features computed once) and a
+logistic-regression head fitted K times, once per fold. The folds are stratified by class and
+grouped by duplicate groups (the audit's exact and near duplicates, and items naming one file),
+so a copy never scores its twin. That model is cheap enough to repeat K times on a CPU; a
+short from-scratch schedule K times would cost K trainings. The features and each finished
+fold are saved in the output folder, so a killed screen resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from camscope.data.splits import duplicate_groups
+from camscope.errors import CamscopeError
+from camscope.folders import run_folder
+from camscope.labels.confident import SCORES, find_issues, quality, suggested
+from camscope.probes.features import extract
+from camscope.progress import make_progress
+from camscope.runs import DEFAULT_BACKBONE, open_backbone
+from camscope.utils import atomic_write_bytes, atomic_write_text, write_rows_csv
+
+
+@dataclass
+class ScreenConfig:
+    folds: int = 5
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = "imagenet"
+    score: str = "normalized_margin"
+    C: float = 0.1  # the head's inverse regularisation on standardised features
+    # ImageNet features of a 16- or 32-px image are noise; the backbone sees the image enlarged so
+    # that its short side has at least this many pixels (batch by batch, nothing is stored bigger)
+    min_side: int = 96
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.folds < 2:
+            raise CamscopeError(f"--folds must be at least 2, not {self.folds}", "5 is usual")
+        if self.score not in SCORES:
+            raise CamscopeError(f"unknown score {self.score!r}", f"use one of {', '.join(SCORES)}")
+        if not self.C > 0:
+            raise CamscopeError(f"C must be positive, not {self.C}")
+        if self.min_side < 1:
+            raise CamscopeError(f"min_side must be positive, not {self.min_side}")
+
+
+def fold_of(labels: np.ndarray, groups: list[list[int]], folds: int, seed: int) -> np.ndarray:
+    """Each item's fold: stratified by class, a duplicate group always in one fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    group = np.arange(len(labels))
+    for g, members in enumerate(groups):
+        group[members] = len(labels) + g
+    smallest = int(np.bincount(labels).min()) if len(labels) else 0
+    if smallest < folds:
+        raise CamscopeError(
+            f"a class has {smallest} labelled item(s), fewer than the {folds} folds",
+            "pass fewer --folds, or leave that class out of the prepared dataset",
+        )
+    out = np.empty(len(labels), dtype=np.int64)
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for f, (_, held) in enumerate(cv.split(np.zeros(len(labels)), labels, group)):
+        out[held] = f
+    return out
+
+
+def fold_probs(feats: np.ndarray, labels: np.ndarray, held: np.ndarray, k: int, c: float) -> np.ndarray:
+    """Probabilities for the held-out items from a head fitted on the others."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(feats[~held])
+    head = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(feats[~held]), labels[~held])
+    probs = np.zeros((int(held.sum()), k))
+    probs[:, head.classes_] = head.predict_proba(scaler.transform(feats[held]))
+    return probs
+
+
+class _Enlarged:
+    """The run's preprocessing, then a bilinear enlargement to the backbone's working size."""
+
+    def __init__(self, prep, scale: float):
+        self.prep, self.scale = prep, scale
+
+    def __call__(self, x, dtype=None):
+        import torch.nn.functional as F
+
+        y = self.prep(x) if dtype is None else self.prep(x, dtype)
+        return F.interpolate(y, scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _features(run, out: Path, key: str) -> dict:
+    """The backbone's features of every labelled item, cached in the output folder."""
+    cache = out / "features.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return {
+                    "features": z["features"],
+                    "ids": z["ids"].tolist(),
+                    "labels": z["labels"].tolist(),
+                    "splits": z["splits"].tolist(),
+                }
+    got = extract(run)
+    buf = io.BytesIO()
+    np.savez(buf, key=key, **{k: np.asarray(got[k]) for k in ("features", "ids", "labels", "splits")})
+    atomic_write_bytes(cache, buf.getvalue())
+    return got
+
+
+def _out_of_fold(feats, y, folds, k, config: ScreenConfig, out: Path, key: str) -> np.ndarray:
+    probs = np.zeros((len(y), k))
+    (out / "folds").mkdir(exist_ok=True)
+    with make_progress() as progress:
+        task = progress.add_task("label issues: folds", total=config.folds)
+        for f in range(config.folds):
+            held = folds == f
+            saved = out / "folds" / f"fold{f}-{key}.npy"
+            if saved.is_file():
+                probs[held] = np.load(saved, allow_pickle=False)
+            else:
+                probs[held] = fold_probs(feats, y, held, k, config.C)
+                buf = io.BytesIO()
+                np.save(buf, probs[held])
+                atomic_write_bytes(saved, buf.getvalue())
+            progress.advance(task)
+    return probs
+
+
+def screen(
+    prepared: str | Path, out: str | Path, config: ScreenConfig | None = None, audit: dict | None = None
+) -> dict:
+    """Score every labelled item out of fold, flag the probable label issues, write them to ``out``."""
+    config = config or ScreenConfig()
+    config.validate()
+    t0 = time.perf_counter()
+    with run_folder(out, "labels") as folder:
+        run = open_backbone(prepared, config.backbone, config.weights, config.device)
+        ds = run.dataset()
+        scale = config.min_side / min(ds.images.shape[-2:])
+        if scale > 1:
+            run.prep = _Enlarged(run.prep, scale)
+        key = _key(
+            ds.info.get("dataset_hash"),
+            config.backbone,
+            config.weights,
+            run.meta.get("weights"),
+            max(scale, 1),
+        )
+        got = _features(run, folder, key)
+        feats, ids = np.asarray(got["features"], dtype=np.float64), list(got["ids"])
+        classes = [c for c in ds.classes if c in set(got["labels"])]
+        y = np.array([classes.index(lab) for lab in got["labels"]])
+        pos = {i: n for n, i in enumerate(ids)}
+        groups = [[pos[i] for i in g if i in pos] for g in duplicate_groups(ds, audit)]
+        groups = [g for g in groups if len(g) > 1]
+        folds = fold_of(y, groups, config.folds, config.seed)
+        fold_key = _key(key, asdict(config), [sorted(g) for g in groups])
+        probs = _out_of_fold(feats, y, folds, len(classes), config, folder, fold_key)
+        summary = _write(folder, ids, classes, y, probs, folds, got["splits"], config)
+        summary |= {
+            "dataset_hash": ds.info.get("dataset_hash"),
+            "backbone": run.meta["source"],
+            "weights": run.meta.get("weights"),
+            "duplicate_groups": len(groups),
+            "audit_used": audit is not None,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        atomic_write_text(folder / "label_issues.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def _write(out: Path, ids, classes, y, probs, folds, splits, config: ScreenConfig) -> dict:
+    flagged = find_issues(y, probs)
+    score = quality(y, probs, config.score)
+    other = suggested(y, probs)
+    order = np.lexsort((np.arange(len(y)), score))  # most suspect first, stable
+    rows = [
+        {
+            "rank": r + 1,
+            "id": ids[i],
+            "given": classes[y[i]],
+            "suggested": classes[other[i]],
+            "flagged": int(flagged[i]),
+            config.score: f"{score[i]:.6f}",
+            "p_given": f"{probs[i, y[i]]:.6f}",
+            "p_suggested": f"{probs[i, other[i]]:.6f}",
+            "split": splits[i],
+            "fold": int(folds[i]),
+        }
+        for r, i in enumerate(order)
+    ]
+    write_rows_csv(out / "label_issues.csv", rows)
+    prob_rows = [
+        {"id": ids[i], **{c: f"{probs[i, j]:.6f}" for j, c in enumerate(classes)}} for i in range(len(y))
+    ]
+    write_rows_csv(out / "probabilities.csv", prob_rows)
+    per_class = {c: int(flagged[y == j].sum()) for j, c in enumerate(classes)}
+    oof_acc = float((probs.argmax(1) == y).mean())
+    return {
+        "schema": "camscope.label_issues/1",
+        "config": asdict(config),
+        "n_items": len(y),
+        "n_flagged": int(flagged.sum()),
+        "flagged_per_class": per_class,
+        "out_of_fold_accuracy": oof_acc,
+        "most_suspect": rows[:30],
+        "flagged_ids": [ids[i] for i in order if flagged[i]],
+    }

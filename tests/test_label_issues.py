@@ -1,0 +1,166 @@
+"""Label issues: confident learning against cleanlab on fixed probabilities, planted flips on
+synthetic coins recovered far above chance, duplicate groups kept in one fold, resume, refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
+
+from camscope.cli import app
+from camscope.data.prepare import PrepareConfig, dataset_hash, prepare, save_prepared
+from camscope.data.synthetic import CoinSpec, SyntheticSource
+from camscope.labels import screen as screen_mod
+from camscope.labels.confident import find_issues, quality, suggested
+from camscope.labels.screen import ScreenConfig, fold_of, screen
+from tests.helpers import runner
+
+
+def _probs(rng, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    logits = rng.normal(size=(n, k)) * rng.uniform(0.5, 4)
+    p = np.exp(logits)
+    p /= p.sum(1, keepdims=True)
+    y = p.argmax(1)
+    flip = rng.random(n) < 0.1
+    y[flip] = rng.integers(0, k, flip.sum())
+    return y, p
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_confident_learning_equals_cleanlab(case):
+    rng = np.random.default_rng(case)
+    y, p = _probs(rng, 400, int(rng.integers(2, 9)))
+    if case == 3:
+        y[y == 0] = 1  # a class no item carries
+    if case == 4:
+        p = np.round(p, 2)  # ties
+        p /= p.sum(1, keepdims=True)
+    ours = find_issues(y, p)
+    ref = find_label_issues(y, p, filter_by="confident_learning")
+    assert ours.sum() > 0 and np.array_equal(ours, ref)
+    for method in ("normalized_margin", "self_confidence"):
+        want = get_label_quality_scores(y, p, method=method, adjust_pred_probs=False)
+        np.testing.assert_allclose(quality(y, p, method), want, atol=1e-12)
+    sug = suggested(y, p)
+    assert (sug != y).all()
+
+
+def test_duplicate_groups_stay_in_one_fold():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    groups = [list(rng.choice(120, size=4, replace=False)) for _ in range(8)]
+    groups = [g for i, g in enumerate(groups) if not set(g) & {x for h in groups[:i] for x in h}]
+    folds = fold_of(labels, [list(map(int, g)) for g in groups], 5, seed=1)
+    for g in groups:
+        assert len(set(folds[g])) == 1
+    sizes = np.bincount(folds, minlength=5)
+    assert len(sizes) == 5 and sizes.min() >= 20  # five folds of about 24 items each
+    with pytest.raises(Exception, match="fewer than the 5 folds"):
+        fold_of(np.array([0] * 10 + [1] * 3), [], 5, 0)
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """300 two-sided synthetic coins of 48 px with 5% of the labels flipped to another class."""
+    tmp = tmp_path_factory.mktemp("noisy")
+    ds = prepare(SyntheticSource(CoinSpec(n=300, size=48, seed=0)), PrepareConfig(size=48))
+    rng = np.random.default_rng(0)
+    flip = rng.choice(len(ds), size=15, replace=False)
+    labels = ds.labels.clone()
+    for i in flip:
+        labels[i] = (labels[i] + int(rng.integers(1, len(ds.classes)))) % len(ds.classes)
+    ds.labels = labels
+    ds.info["dataset_hash"] = dataset_hash(ds)
+    path = save_prepared(ds, tmp / "noisy.safetensors")
+    return path, {ds.ids[i] for i in flip}
+
+
+def test_planted_flips_are_found_far_above_chance(noisy, tmp_path):
+    path, planted = noisy
+    out = tmp_path / "issues"
+    res = runner.invoke(app, ["label-issues", str(path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "label_issues.json").read_text())
+    rows = list(csv.DictReader((out / "label_issues.csv").open(encoding="utf-8")))
+    assert len(rows) == summary["n_items"] == 300
+    flagged = set(summary["flagged_ids"])
+    hit = len(flagged & planted)
+    precision, recall = hit / max(1, len(flagged)), hit / len(planted)
+    top = {r["id"] for r in rows[: len(planted)]}
+    top_precision = len(top & planted) / len(planted)
+    said = (
+        f"flagged {len(flagged)}, precision {precision:.2f}, recall {recall:.2f}, top-15 {top_precision:.2f}"
+    )
+    print("\n" + said)
+    # a random ranking finds 5% of them in its top 15 and flags at the base rate
+    assert recall >= 0.6 and precision >= 0.4 and top_precision >= 0.5
+    for r in rows:
+        if r["id"] in planted and r["flagged"] == "1":
+            assert r["suggested"] != r["given"]
+    probs = list(csv.DictReader((out / "probabilities.csv").open(encoding="utf-8")))
+    assert len(probs) == 300 and abs(sum(float(v) for k, v in probs[0].items() if k != "id") - 1) < 1e-4
+
+
+def test_a_killed_screen_resumes_from_its_saved_folds(noisy, tmp_path, monkeypatch):
+    path, _ = noisy
+    out = tmp_path / "issues"
+    cfg = ScreenConfig(folds=3)
+    first = screen(path, out, cfg)
+    table = (out / "label_issues.csv").read_text()
+    saved = sorted((out / "folds").glob("fold*.npy"))
+    assert len(saved) == 3 and (out / "features.npz").is_file()
+    saved[1].unlink()  # as if killed during the second fold
+    calls = []
+    real = screen_mod.fold_probs
+    monkeypatch.setattr(screen_mod, "fold_probs", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(screen_mod, "extract", lambda run: pytest.fail("features were recomputed"))
+    again = screen(path, out, cfg)
+    assert len(calls) == 1
+    assert again["flagged_ids"] == first["flagged_ids"]
+    assert (out / "label_issues.csv").read_text() == table
+
+
+def test_refusals(noisy, tmp_path):
+    path, _ = noisy
+    res = runner.invoke(app, ["label-issues", str(path), "--out", str(tmp_path / "o"), "--folds", "1"])
+    assert res.exit_code == 2 and "--folds must be at least 2" in res.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    res = runner.invoke(app, ["label-issues", str(path), "--out", str(tmp_path / "mine")])
+    assert res.exit_code == 2 and "not a camscope run folder" in res.output
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_evaluate_scores_with_and_without_the_flagged(trained_run, noisy, tmp_path):
+    issues = tmp_path / "issues"
+    res = runner.invoke(
+        app, ["label-issues", str(trained_run.prepared), "--out", str(issues), "--folds", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    flagged = set(json.loads((issues / "label_issues.json").read_text())["flagged_ids"])
+    res = runner.invoke(
+        app, ["evaluate", str(trained_run.run), "--label-issues", str(issues), "--out", str(tmp_path / "ev")]
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    test_ids = [r["id"] for r in csv.DictReader((tmp_path / "ev" / "predictions.csv").open())]
+    n_flagged_test = len(flagged & set(test_ids))
+    without = metrics["without_label_issues"]
+    assert 0 < n_flagged_test < len(test_ids)  # 16-px coins: ImageNet features doubt many labels
+    assert without["n_excluded_flagged"] == n_flagged_test
+    assert without.get("n", 0) == metrics["all"]["n"] - n_flagged_test
+    assert "no label issues" in res.output or n_flagged_test == len(test_ids)
+    # a screen of another dataset is refused
+    other = tmp_path / "other"
+    assert (
+        runner.invoke(app, ["label-issues", str(noisy[0]), "--out", str(other), "--folds", "3"]).exit_code
+        == 0
+    )
+    res = runner.invoke(
+        app, ["evaluate", str(trained_run.run), "--label-issues", str(other), "--out", str(tmp_path / "e2")]
+    )
+    assert res.exit_code == 2 and "another prepared dataset" in res.output
