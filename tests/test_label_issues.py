@@ -164,3 +164,22 @@ def test_evaluate_scores_with_and_without_the_flagged(trained_run, noisy, tmp_pa
         app, ["evaluate", str(trained_run.run), "--label-issues", str(other), "--out", str(tmp_path / "e2")]
     )
     assert res.exit_code == 2 and "another prepared dataset" in res.output
+
+
+def test_classes_smaller_than_the_folds_are_not_screened(noisy, tmp_path, monkeypatch):
+    path, _ = noisy
+    rng = np.random.default_rng(0)
+
+    def fake_extract(run):  # features that separate the classes, and one class of three items
+        ds = run.dataset()
+        names = [ds.classes[int(i)] for i in ds.labels]
+        names[:3] = ["rare"] * 3
+        centre = {c: rng.normal(size=8) * 4 for c in set(names)}
+        feats = np.stack([centre[n] + rng.normal(size=8) for n in names])
+        return {"features": feats, "ids": ds.ids, "labels": names, "splits": [""] * len(names)}
+
+    monkeypatch.setattr(screen_mod, "extract", fake_extract)
+    monkeypatch.setattr(screen_mod, "duplicate_groups", lambda ds, audit: [])
+    res = screen(path, tmp_path / "o", ScreenConfig(folds=5))
+    assert res["not_screened"] == {"rare": 3} and res["n_items"] == 297
+    assert res["out_of_fold_accuracy"] > 0.95
