@@ -162,21 +162,37 @@ def screen(
             max(scale, 1),
         )
         got = _features(run, folder, key)
-        feats, ids = np.asarray(got["features"], dtype=np.float64), list(got["ids"])
-        classes = [c for c in ds.classes if c in set(got["labels"])]
-        y = np.array([classes.index(lab) for lab in got["labels"]])
+        feats, ids, names = np.asarray(got["features"], dtype=np.float64), list(got["ids"]), got["labels"]
+        # a class with fewer items than folds cannot be held out and learnt at once: not screened
+        counts = {c: names.count(c) for c in set(names)}
+        too_few = sorted(c for c, n in counts.items() if n < config.folds)
+        keep = np.array([counts[c] >= config.folds for c in names], dtype=bool)
+        feats, ids, names = (
+            feats[keep],
+            [i for i, k in zip(ids, keep, strict=True) if k],
+            [c for c, k in zip(names, keep, strict=True) if k],
+        )
+        splits = [s for s, k in zip(got["splits"], keep, strict=True) if k]
+        classes = [c for c in ds.classes if c in set(names)]
+        if len(classes) < 2:
+            raise CamscopeError(
+                f"fewer than two classes have {config.folds} or more labelled items",
+                "pass fewer --folds, or screen a dataset with more items per class",
+            )
+        y = np.array([classes.index(lab) for lab in names])
         pos = {i: n for n, i in enumerate(ids)}
         groups = [[pos[i] for i in g if i in pos] for g in duplicate_groups(ds, audit)]
         groups = [g for g in groups if len(g) > 1]
         folds = fold_of(y, groups, config.folds, config.seed)
         fold_key = _key(key, asdict(config), [sorted(g) for g in groups])
         probs = _out_of_fold(feats, y, folds, len(classes), config, folder, fold_key)
-        summary = _write(folder, ids, classes, y, probs, folds, got["splits"], config)
+        summary = _write(folder, ids, classes, y, probs, folds, splits, config)
         summary |= {
             "dataset_hash": ds.info.get("dataset_hash"),
             "backbone": run.meta["source"],
             "weights": run.meta.get("weights"),
             "duplicate_groups": len(groups),
+            "not_screened": {c: counts[c] for c in too_few},
             "audit_used": audit is not None,
             "seconds": round(time.perf_counter() - t0, 1),
         }
