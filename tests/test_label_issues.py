@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,31 @@ def test_classes_smaller_than_the_folds_are_not_screened(noisy, tmp_path, monkey
     res = screen(path, tmp_path / "o", ScreenConfig(folds=5))
     assert res["not_screened"] == {"rare": 3} and res["n_items"] == 297
     assert res["out_of_fold_accuracy"] > 0.95
+
+
+def test_study_stage_report_and_evaluation(tmp_path):
+    import copy
+
+    from camscope.study.config import Study
+    from tests.helpers import TINY, write_study
+
+    raw = copy.deepcopy(TINY)
+    raw["label_issues"] = {"folds": 3}
+    exp = raw["experiments"][0]
+    exp.pop("search")
+    exp["analyses"] = ["evaluate"]
+    out = tmp_path / "run"
+    res = Study.from_yaml(write_study(tmp_path, raw)).run(out)
+    assert "label_issues" in res["ran"] and (out / "label_issues" / "suspects.png").is_file()
+    ev = Path(json.loads((out / "top3" / "selection.json").read_text())["run_dir"]) / "eval"
+    metrics = json.loads((ev / "metrics.json").read_text())
+    without = metrics["without_label_issues"]
+    flagged = set(json.loads((out / "label_issues" / "label_issues.json").read_text())["flagged_ids"])
+    test_ids = {r["id"] for r in csv.DictReader((ev / "predictions.csv").open())}
+    assert without["n_excluded_flagged"] == len(flagged & test_ids)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Probable label issues" in html and 'alt="most suspect labels"' in html
+    again = Study.from_yaml(write_study(tmp_path, raw)).run(out)
+    assert "label_issues" in again["skipped"] and "evaluate:top3" in again["skipped"]
+    with pytest.raises(Exception, match="folds"):
+        Study.from_yaml(write_study(tmp_path, {**raw, "label_issues": {"folds": 1}}))

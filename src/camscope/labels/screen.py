@@ -187,6 +187,7 @@ def screen(
         fold_key = _key(key, asdict(config), [sorted(g) for g in groups])
         probs = _out_of_fold(feats, y, folds, len(classes), config, folder, fold_key)
         summary = _write(folder, ids, classes, y, probs, folds, splits, config)
+        _suspects_png(folder / "suspects.png", ds, summary["most_suspect"][:24], config.score)
         summary |= {
             "dataset_hash": ds.info.get("dataset_hash"),
             "backbone": run.meta["source"],
@@ -198,6 +199,21 @@ def screen(
         }
         atomic_write_text(folder / "label_issues.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _suspects_png(path: Path, ds, rows: list[dict], score: str) -> None:
+    """The most suspect items as a contact sheet: id, given -> suggested label, score."""
+    import torch
+
+    from camscope.figures import displayable, grid, save_png
+
+    if not rows:
+        return
+    pos = {i: n for n, i in enumerate(ds.ids)}
+    tiles = displayable(ds.images[torch.tensor([pos[r["id"]] for r in rows])])
+    caps = [f"{r['rank']}. {r['id']}\n{r['given']} -> {r['suggested']} ({float(r[score]):.2f})" for r in rows]
+    side = max(tiles.shape[-2:])
+    save_png(grid(tiles, caps, cols=6, scale=max(1, 128 // side)), path)
 
 
 def _write(out: Path, ids, classes, y, probs, folds, splits, config: ScreenConfig) -> dict:

@@ -106,6 +106,20 @@ def _data_view(root: Path, data: dict) -> dict:
         dv["thumbs"] = [{"kind": k, "src": src} for k, src in thumbs.items() if src]
     if data.get("planted_problems"):
         dv["planted"] = ", ".join(f"{k} {n}" for k, n in data["planted_problems"].items())
+    li = data.get("label_issues")
+    if li:
+        dv["label_issues"] = {
+            "line": f"{li['n_flagged']} of {li['n_items']} labels flagged by confident learning on out-of-fold "
+            f"probabilities ({li['backbone']} features, {li['config']['folds']} folds, out-of-fold accuracy "
+            f"{pct(li['out_of_fold_accuracy'])}). Nothing was relabelled or dropped; each experiment's evaluation "
+            "also scores its test items without the flagged ones.",
+            "rows": [
+                [r["rank"], r["id"], r["given"], r["suggested"], r[li["config"]["score"]]]
+                for r in li["most_suspect"][:12]
+            ],
+            "score": li["config"]["score"],
+            "figure": img(root, li.get("figure")),
+        }
     pr = data.get("prepared")
     if pr:
         dv["class_chart"] = _class_chart(pr["class_counts"])
@@ -156,6 +170,8 @@ def _toc(view: dict) -> list[dict]:
             toc.append({"id": "audit", "label": "Audit", "sub": True})
         if dv.get("class_chart"):
             toc.append({"id": "classes", "label": "Classes", "sub": True})
+        if dv.get("label_issues"):
+            toc.append({"id": "label-issues", "label": "Label issues", "sub": True})
     if view["comparison"]:
         toc.append({"id": "comparison", "label": "Side by side"})
     for ev in view["experiments"]:

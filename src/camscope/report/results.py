@@ -218,6 +218,24 @@ def _data_section(root: Path) -> dict:
                 p.stem: str(p.relative_to(root)) for p in sorted((root / "audit" / "thumbs").glob("*.png"))
             },
         }
+    screen = _json(root / "label_issues" / "label_issues.json")
+    if screen:
+        data["label_issues"] = {
+            k: screen.get(k)
+            for k in (
+                "n_items",
+                "n_flagged",
+                "out_of_fold_accuracy",
+                "flagged_per_class",
+                "backbone",
+                "config",
+            )
+        } | {
+            "most_suspect": screen.get("most_suspect", [])[:24],
+            "figure": "label_issues/suspects.png"
+            if (root / "label_issues" / "suspects.png").is_file()
+            else None,
+        }
     prepared = root / "prepared" / "data.safetensors"
     if prepared.is_file():
         from camscope.data.prepare import load_prepared

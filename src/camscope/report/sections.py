@@ -144,6 +144,10 @@ def _evaluation(root: Path, name: str, run: dict) -> tuple[dict | None, list[dic
     if has_lf:
         cols.append(f"leak-free (−{lf['n_excluded_with_duplicate_in_train']})")
     ms = [a] + ([lf] if has_lf else [])
+    li = ev.get("without_label_issues", {})
+    if "accuracy" in li:
+        cols.append(f"without label issues (−{li['n_excluded_flagged']})")
+        ms.append(li)
     rows = [
         ["items", *(m["n"] for m in ms)],
         ["accuracy (95% CI)", *(pct(m["accuracy"]) + ci(m, "accuracy") for m in ms)],
@@ -154,7 +158,7 @@ def _evaluation(root: Path, name: str, run: dict) -> tuple[dict | None, list[dic
         ["expected calibration error", *(f"{m['ece']:.3f}" for m in ms)],
     ]
     for k, val in (a.get("top_k_accuracy") or {}).items():
-        rows.append([f"{k.replace('top', 'top-')} accuracy", pct(val), *([""] if has_lf else [])])
+        rows.append([f"{k.replace('top', 'top-')} accuracy", pct(val), *([""] * (len(ms) - 1))])
     f = run.get("figures", {})
     view = {
         "columns": cols,

@@ -30,6 +30,17 @@ class AuditSection(_Strict):
     workers: int = 0
 
 
+class LabelIssuesSection(_Strict):
+    """A label-issues screen of the prepared dataset (camscope label-issues): evaluate then also
+    scores each experiment's test items without the flagged ones. Nothing is dropped."""
+
+    folds: int = Field(5, ge=2)
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str | None = "imagenet"
+    score: Literal["normalized_margin", "self_confidence"] = "normalized_margin"
+    min_side: int = Field(96, ge=1)
+
+
 class CleanSection(_Strict):
     # audit finding kinds whose items are left out before preparation
     drop: list[str] = Field(default_factory=lambda: list(BAD_FILE_KINDS))
@@ -209,6 +220,7 @@ class Study(_Strict):
     clean: CleanSection = Field(default_factory=CleanSection)
     prepare: PrepareSection = Field(default_factory=PrepareSection)
     split: SplitSection = Field(default_factory=SplitSection)
+    label_issues: LabelIssuesSection | None = None
     experiments: list[Experiment]
     report: bool = True
 

@@ -90,6 +90,18 @@ class StudyRun:
                 [self.prepared_path()],
             ),
         ]
+        if s.label_issues is not None:
+            cfg = {"label_issues": s.label_issues.model_dump(), "seed": s.seed}
+            out.append(
+                Stage(
+                    "label_issues",
+                    "label_issues",
+                    cfg,
+                    ["prepare", "audit"],
+                    self._label_issues,
+                    [self.label_issues_dir / "label_issues.json"],
+                )
+            )
         for exp in s.experiments:
             d = self.exp_dir(exp)
             n = exp.name
@@ -133,12 +145,15 @@ class StudyRun:
                     "features": exp.features.model_dump(),
                 }[kind]
                 fn = getattr(self, f"_{kind}")
+                needs = [f"train:{n}"]
+                if kind == "evaluate" and s.label_issues is not None:
+                    needs.append("label_issues")  # scored with and without the flagged items
                 out.append(
                     Stage(
                         f"{kind}:{n}",
                         kind,
                         cfg,
-                        [f"train:{n}"],
+                        needs,
                         lambda e=exp, f=fn: f(e),
                         [d / f"{kind}.done"],
                     )
@@ -195,7 +210,7 @@ class StudyRun:
         except BaseException as e:
             self._failed(st, key, time.perf_counter() - t0, e)
         seconds = time.perf_counter() - t0
-        if st.kind not in ("source", "audit", "prepare", "split", "train", "report"):
+        if st.kind not in ("source", "audit", "prepare", "label_issues", "split", "train", "report"):
             atomic_write_text(self.exp_dir(self._exp_of(st)) / f"{st.kind}.done", key)
         self.log.finished(st, key, seconds, summary)
         self.console.print(f"[green]done[/] {st.name} in {seconds:.1f} s")
@@ -483,10 +498,45 @@ class StudyRun:
         sel = self.selection(exp)
         return open_run(sel["run_dir"], sel["prepared"], self.study.device)
 
+    @property
+    def label_issues_dir(self) -> Path:
+        return self.root / "label_issues"
+
+    def _label_issues(self) -> dict:
+        from camscope.data.audit import load_audit
+        from camscope.labels.screen import ScreenConfig, screen
+
+        li = self.study.label_issues
+        assert li is not None
+        cfg = ScreenConfig(
+            folds=li.folds,
+            backbone=li.backbone,
+            weights=li.weights,
+            score=li.score,
+            min_side=li.min_side,
+            seed=self.study.seed,
+            device=self.study.device,
+        )
+        res = screen(self.prepared_path(), self.label_issues_dir, cfg, load_audit(self.audit_path))
+        self.console.print(
+            f"{res['n_flagged']} of {res['n_items']} labels flagged as probable issues "
+            f"(out-of-fold accuracy {res['out_of_fold_accuracy']:.3f})"
+        )
+        return {k: res[k] for k in ("n_items", "n_flagged", "out_of_fold_accuracy", "flagged_per_class")}
+
     def _evaluate(self, exp: Experiment) -> dict:
         from camscope.evaluate.run import evaluate_run
 
-        res = evaluate_run(self._open(exp), tta=exp.tta, bootstrap=exp.bootstrap)
+        run = self._open(exp)
+        screened = self.label_issues_dir / "label_issues.json"
+        # the screen covers the study's prepared dataset; an experiment prepared otherwise is not scored by it
+        same = (
+            screened.is_file()
+            and Path(self.selection(exp)["prepared"]).resolve() == self.prepared_path().resolve()
+        )
+        res = evaluate_run(
+            run, tta=exp.tta, bootstrap=exp.bootstrap, label_issues=self.label_issues_dir if same else None
+        )
         a = res["all"]
         ci = a.get("ci", {}).get("accuracy")
         self.console.print(
