@@ -26,11 +26,12 @@ from camscope.utils import unique_stems, write_rows_csv
 
 def collect_inputs(
     paths: list[str], image_cols: list[str] | None = None
-) -> tuple[list[tuple[str, list[Path]]], list[dict]]:
-    """(name, [side files]) for files, folders (recursively) and CSV files (``image_cols``), and the
-    CSV rows left out (a row without a path, say) with why, or a note (kind "note")."""
+) -> tuple[list[tuple[str, list[Path]]], list[dict], list[str]]:
+    """(name, [side files]) for files, folders (recursively) and CSV files (``image_cols``); the
+    CSV rows left out (a row without a path, say) with why; notes (a CSV read as Windows-1252)."""
     items: list[tuple[str, list[Path]]] = []
     problems: list[dict] = []
+    notes: list[str] = []
     for arg in paths:
         p = Path(arg)
         if p.is_dir():
@@ -38,21 +39,21 @@ def collect_inputs(
                 if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
                     items.append((str(f), [f]))
         elif p.suffix.lower() == ".csv":
-            _csv_inputs(p, image_cols, items, problems)
+            _csv_inputs(p, image_cols, items, problems, notes)
         else:
             items.append((str(p), [p]))
     if not items:
         raise CamscopeError("no images found in the given paths", "pass image files, folders or a CSV")
-    return items, problems
+    return items, problems, notes
 
 
-def _csv_inputs(p: Path, image_cols, items: list, problems: list) -> None:
+def _csv_inputs(p: Path, image_cols, items: list, problems: list, notes: list) -> None:
     try:
         text, warning = read_csv_text(p.read_bytes(), str(p))
     except OSError as e:
         raise CamscopeError(f"cannot read {p}: {e}", "check the path") from None
     if warning:
-        problems.append({"path": str(p), "kind": "note", "detail": warning})
+        notes.append(warning)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     cols = image_cols or (["path"] if "path" in (reader.fieldnames or []) else None)
     if not cols or not set(cols) <= set(reader.fieldnames or []):
@@ -106,7 +107,7 @@ def predict_paths(
     sides = int(spec.get("sides", 1))
     if top_k < 1:
         raise CamscopeError(f"--top-k must be at least 1, not {top_k}", "e.g. --top-k 3")
-    items, problems = collect_inputs(paths, image_cols)
+    items, problems, notes = collect_inputs(paths, image_cols)
     _check_sides(items, sides)
     classes = meta["classes"]
     k = min(top_k, len(classes))
@@ -154,8 +155,8 @@ def predict_paths(
     write_rows_csv(out_csv, rows, fields)
     return {
         "predicted": len(rows),
-        "skipped": [p for p in problems if p["kind"] != "note"],
-        "notes": [p["detail"] for p in problems if p["kind"] == "note"],
+        "skipped": problems,
+        "notes": notes,
         "out": str(out_csv),
     }
 

@@ -56,9 +56,7 @@ def quality(labels: np.ndarray, probs: np.ndarray, score: str = "normalized_marg
         return given
     if score != "normalized_margin":
         raise ValueError(f"unknown score {score!r}; use one of {', '.join(SCORES)}")
-    others = probs.copy()
-    others[np.arange(len(labels)), labels] = -np.inf
-    return (given - others.max(axis=1) + 1) / 2
+    return (given - _others(labels, probs).max(axis=1) + 1) / 2
 
 
 def find_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -74,6 +72,11 @@ def find_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 def suggested(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """The label the model would give instead: its likeliest class other than the given one."""
+    return _others(np.asarray(labels), probs).argmax(axis=1)
+
+
+def _others(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The probabilities with each item's given class masked out."""
     others = probs.copy()
-    others[np.arange(len(labels)), np.asarray(labels)] = -np.inf
-    return others.argmax(axis=1)
+    others[np.arange(len(labels)), labels] = -np.inf
+    return others

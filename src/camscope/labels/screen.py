@@ -45,13 +45,20 @@ class ScreenConfig:
 
     def validate(self) -> None:
         if self.folds < 2:
-            raise CamscopeError(f"--folds must be at least 2, not {self.folds}", "5 is usual")
+            raise CamscopeError(
+                f"--folds must be at least 2, not {self.folds}", "pass --folds 5 (the default)"
+            )
         if self.score not in SCORES:
             raise CamscopeError(f"unknown score {self.score!r}", f"use one of {', '.join(SCORES)}")
         if not self.C > 0:
-            raise CamscopeError(f"C must be positive, not {self.C}")
+            raise CamscopeError(
+                f"C must be positive, not {self.C}", "0.1 is the default; larger fits the head closer"
+            )
         if self.min_side < 1:
-            raise CamscopeError(f"min_side must be positive, not {self.min_side}")
+            raise CamscopeError(
+                f"--min-side must be positive, not {self.min_side}",
+                "96 suits ImageNet backbones on small images",
+            )
 
 
 def fold_of(labels: np.ndarray, groups: list[list[int]], folds: int, seed: int) -> np.ndarray:
@@ -103,22 +110,34 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _save_npy(path: Path, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _features(run, out: Path, key: str) -> dict:
-    """The backbone's features of every labelled item, cached in the output folder."""
+    """The backbone's features of every labelled item, cached in the output folder. The cache is
+    keyed by the pixels, not the labels: relabelled copies of a dataset reuse it."""
+    ds, split = run.dataset(), run.split()
     cache = out / "features.npz"
+    labelled = (ds.labels >= 0).numpy()
+    digest = hashlib.blake2b(ds.images.numpy().tobytes(), digest_size=16)
+    digest.update(json.dumps([key, ds.ids, labelled.tolist()]).encode())
+    key = digest.hexdigest()
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) == key:
+                feats, ids = z["features"], z["ids"].tolist()
+                names = {i: ds.classes[int(lab)] for i, lab in zip(ds.ids, ds.labels.tolist(), strict=True)}
                 return {
-                    "features": z["features"],
-                    "ids": z["ids"].tolist(),
-                    "labels": z["labels"].tolist(),
-                    "splits": z["splits"].tolist(),
+                    "features": feats,
+                    "ids": ids,
+                    "labels": [names[i] for i in ids],
+                    "splits": [split.get(i, "") for i in ids],
                 }
     got = extract(run)
-    buf = io.BytesIO()
-    np.savez(buf, key=key, **{k: np.asarray(got[k]) for k in ("features", "ids", "labels", "splits")})
-    atomic_write_bytes(cache, buf.getvalue())
+    _save_npy(cache, key=key, features=got["features"], ids=np.asarray(got["ids"]))
     return got
 
 
@@ -129,14 +148,13 @@ def _out_of_fold(feats, y, folds, k, config: ScreenConfig, out: Path, key: str) 
         task = progress.add_task("label issues: folds", total=config.folds)
         for f in range(config.folds):
             held = folds == f
-            saved = out / "folds" / f"fold{f}-{key}.npy"
+            saved = out / "folds" / f"fold{f}-{key}.npz"
             if saved.is_file():
-                probs[held] = np.load(saved, allow_pickle=False)
+                with np.load(saved, allow_pickle=False) as z:
+                    probs[held] = z["probs"]
             else:
                 probs[held] = fold_probs(feats, y, held, k, config.C)
-                buf = io.BytesIO()
-                np.save(buf, probs[held])
-                atomic_write_bytes(saved, buf.getvalue())
+                _save_npy(saved, probs=probs[held])
             progress.advance(task)
     return probs
 
@@ -154,13 +172,7 @@ def screen(
         scale = config.min_side / min(ds.images.shape[-2:])
         if scale > 1:
             run.prep = _Enlarged(run.prep, scale)
-        key = _key(
-            ds.info.get("dataset_hash"),
-            config.backbone,
-            config.weights,
-            run.meta.get("weights"),
-            max(scale, 1),
-        )
+        key = _key(config.backbone, config.weights, run.meta.get("weights"), max(scale, 1))
         got = _features(run, folder, key)
         feats, ids, names = np.asarray(got["features"], dtype=np.float64), list(got["ids"]), got["labels"]
         # a class with fewer items than folds cannot be held out and learnt at once: not screened
@@ -184,7 +196,7 @@ def screen(
         groups = [[pos[i] for i in g if i in pos] for g in duplicate_groups(ds, audit)]
         groups = [g for g in groups if len(g) > 1]
         folds = fold_of(y, groups, config.folds, config.seed)
-        fold_key = _key(key, asdict(config), [sorted(g) for g in groups])
+        fold_key = _key(key, asdict(config), [sorted(g) for g in groups], ids, y.tolist())
         probs = _out_of_fold(feats, y, folds, len(classes), config, folder, fold_key)
         summary = _write(folder, ids, classes, y, probs, folds, splits, config)
         _suspects_png(folder / "suspects.png", ds, summary["most_suspect"][:24], config.score)

@@ -200,12 +200,15 @@ def _check_shapes(spec: dict, path, shapes: dict[str, tuple[int, ...]]) -> None:
                 f"file but the header's model needs {list(shape)}",
                 "the header was edited or names another architecture; use the checkpoint training wrote",
             )
-    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    _check_names(path, spec, sorted(set(want) - set(have)), sorted(set(have) - set(want)))
+
+
+def _check_names(path, spec: dict, missing: list[str], unexpected: list[str]) -> None:
     if missing or unexpected:
         raise CamscopeError(
             f"the weights in {path} do not fit {spec['name']}: "
             f"{len(missing)} missing, {len(unexpected)} unexpected",
-            "the checkpoint may come from another camscope version",
+            "the checkpoint may come from another camscope version; retrain with this one",
         )
 
 
@@ -249,10 +252,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
             f"the weights in {path} do not fit {spec['name']}: {first}",
             "the sidecar names another architecture than the weights were trained with",
         ) from None
-    if missing or unexpected:
-        raise CamscopeError(
-            f"the weights in {path} do not fit {spec['name']}: "
-            f"{len(missing)} missing, {len(unexpected)} unexpected",
-            "the checkpoint may come from another camscope version",
-        )
+    _check_names(path, spec, missing, unexpected)
     return model.to(device).eval(), ck.meta, Preprocess(mean, std)

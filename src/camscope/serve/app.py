@@ -98,7 +98,7 @@ class Explainer:
         if not 1 <= top_k <= MAX_TOP_K:
             raise HTTPException(422, f"top_k must be between 1 and {MAX_TOP_K}; got {top_k}")
 
-    def prepare(self, blobs: list[bytes], deadline: float) -> torch.Tensor:
+    def prepare(self, blobs: list[bytes]) -> torch.Tensor:
         if len(blobs) != self.sides:
             raise HTTPException(
                 422, f"this model takes {self.sides} image(s) per object (one per side); got {len(blobs)}"
@@ -113,14 +113,16 @@ class Explainer:
     def explain(
         self, x: torch.Tensor, method: str, layer: str | None, target: str, top_k: int, deadline: float
     ) -> dict:
-        self.check(method, layer, target, top_k)
+        """The prediction and CAM of ``x`` (parameters already checked by the caller)."""
         with self.worker.hold_model(deadline):
             xp = self.prep(x.to(self.device))
             with torch.no_grad():
                 probs = self.model.eval()(xp).float().softmax(1)[0].cpu()
             if not torch.isfinite(probs).all():
                 raise HTTPException(
-                    500, "the model gave NaN or infinite outputs for this image; its checkpoint is broken"
+                    500,
+                    "the model gave NaN or infinite outputs for this image: its checkpoint is damaged; "
+                    "serve another run or retrain",
                 )
             conf, idx = probs.topk(min(top_k, len(self.classes)))
             t = int(idx[0]) if target == "pred" else self.classes.index(target)
@@ -143,7 +145,7 @@ class Explainer:
         }
 
     def explain_upload(self, blobs: list[bytes], method, layer, target, top_k, deadline: float) -> dict:
-        return self.explain(self.prepare(blobs, deadline), method, layer, target, top_k, deadline)
+        return self.explain(self.prepare(blobs), method, layer, target, top_k, deadline)
 
 
 def create_app(

@@ -9,6 +9,7 @@ the event loop keeps answering cheap requests while an explanation runs, and bou
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
@@ -109,22 +110,19 @@ class Worker:
                 "(gradcam) or a smaller image, or start the server with a larger --time-limit",
             ) from None
 
+    @contextlib.contextmanager
     def hold_model(self, deadline: float):
         """The model lock, or 503 when it is not free before the request's deadline."""
         if not self.model_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise HTTPException(503, "the server is busy with other explanations; try again in a moment")
         if time.monotonic() > deadline:  # the caller has been answered 504 already: skip the work
             self.model_lock.release()
-            raise HTTPException(503, "the request ran out of time while waiting for the model")
-        return _Release(self.model_lock)
-
-
-class _Release:
-    def __init__(self, lock: threading.Lock):
-        self.lock = lock
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.lock.release()
+            raise HTTPException(
+                503,
+                "the request ran out of time while waiting for the model; try again, "
+                "or start the server with a larger --time-limit",
+            )
+        try:
+            yield
+        finally:
+            self.model_lock.release()
