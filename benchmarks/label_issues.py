@@ -11,7 +11,11 @@ classes. The flipped copy is screened (`camscope.labels.screen`), then scored:
   (prune_by_noise_rate) and confident_learning;
 - random: a random ranking's expected precision is the flip rate.
 
-    .venv/bin/python benchmarks/label_issues.py PREPARED --out runs/bench/label_issues/NAME [--rate 0.03]
+    .venv/bin/python benchmarks/label_issues.py PREPARED --out runs/bench/label_issues/NAME \
+        [--rate 0.03] [--seed 0]
+
+Seeds share the output folder's screen: the backbone's features are computed once (they do not
+depend on the labels), each seed plants its own flips and fits its own folds.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def main() -> None:
     counts = ds.class_counts()
     eligible = {c for c, n in counts.items() if n >= args.folds}
     planted = plant(ds, args.rate, args.seed, eligible)
-    noisy = save_prepared(ds, out / "noisy.safetensors")
+    noisy = save_prepared(ds, out / f"noisy-seed{args.seed}.safetensors")
     t = time.perf_counter()
     res = screen(
         noisy, out / "screen", ScreenConfig(folds=args.folds, min_side=args.min_side, seed=args.seed)
@@ -112,10 +116,10 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, p, r, k in table:
         print(f"| {name} | {p:.3f} | {r:.3f} | {k} |")
-    (out / "planted.csv").write_text(
+    (out / f"planted-seed{args.seed}.csv").write_text(
         "id,true,planted\n" + "".join(f"{i},{t},{p}\n" for i, (t, p) in sorted(planted.items()))
     )
-    (out / "result.json").write_text(
+    (out / f"result-seed{args.seed}.json").write_text(
         json.dumps(
             {
                 "table": table,
