@@ -1,12 +1,14 @@
 """The data audit: what is wrong with a source before anything is trained on it.
 
 One pass decodes every image (in parallel, JPEGs at reduced scale) to record its hash, size,
-colour and a 32x32 thumbnail; the thumbnails then feed the near-duplicate search. Every finding
+colour, quality scores (exposure, sharpness; data/quality.py) and a 32x32 thumbnail; the
+thumbnails then feed the near-duplicate search. Every finding
 is a ``Problem(kind, paths, detail, item_ids)``; nothing is fixed here, only reported.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -22,6 +24,7 @@ from camscope import __version__
 from camscope.data.imageio import ImageProblem, open_header
 from camscope.data.neardup import THUMB, NearDupParams, connected_groups, find_near_duplicates, merge_groups
 from camscope.data.parallel import parallel_map, worker_source
+from camscope.data.quality import QUALITY_KINDS, QualityParams, QualityScores, judge, measure
 from camscope.data.sources import Problem, Source
 from camscope.utils import atomic_write_text
 
@@ -46,6 +49,7 @@ PROBLEM_KINDS = {
     "odd_size": "far from the median size",
     "odd_aspect": "far from the median aspect ratio (e.g. composites)",
     "grayscale_in_color": "grayscale image in a colour dataset",
+    **QUALITY_KINDS,
     "class_imbalance": "largest class far bigger than the smallest",
     "small_class": "class with very few items",
     "single_class": "only one class",
@@ -89,6 +93,7 @@ class AuditConfig:
     min_class_size: int = 5
     size_factor: float = 4.0  # an image with area this far from the median is odd
     aspect_factor: float = 1.5  # an aspect ratio this far from the median is odd
+    quality: QualityParams = field(default_factory=QualityParams)
     chunk: int = 256
 
 
@@ -103,6 +108,7 @@ class ImageRecord:
     problem: tuple[str, str] | None = None
     thumb: np.ndarray | None = None
     fine: np.ndarray | None = None  # 64x64 grayscale, for the fine near-duplicate check
+    quality: QualityScores | None = None
 
 
 def _scan_one(source: Source, key: str) -> ImageRecord:
@@ -137,7 +143,7 @@ def _scan_one(source: Source, key: str) -> ImageRecord:
     gray = img.mode == "L" or float(np.percentile(arr.max(2) - arr.min(2), 99)) <= 6
     thumb = np.asarray(small.convert("L"))
     fine = np.asarray(rgb.convert("L").resize((2 * THUMB, 2 * THUMB), Image.BILINEAR, reducing_gap=2.0))
-    return ImageRecord(key, nbytes, digest, w, h, gray, None, thumb, fine)
+    return ImageRecord(key, nbytes, digest, w, h, gray, None, thumb, fine, measure(rgb))
 
 
 def _scan_chunk(keys: list[str]) -> list[ImageRecord]:
@@ -159,6 +165,7 @@ def audit(source: Source, config: AuditConfig | None = None) -> dict:
     a.file_findings()
     exact, near, nd_info = a.duplicates()
     a.duplicate_findings(exact, near)
+    quality = a.quality_findings()
     size_stats = a.image_findings()
     class_counts = a.class_findings()
     # item-level duplicate groups: what a leak-free split must keep together
@@ -185,6 +192,7 @@ def audit(source: Source, config: AuditConfig | None = None) -> dict:
         "near_duplicate_groups": [[a.disp(k) for k in g] for g in near],
         "duplicate_item_groups": item_groups,
         "images": size_stats,
+        "image_quality": quality,
         "near_duplicate_search": nd_info,
         "timing_s": {
             "scan": round(a.t_scan, 2),
@@ -212,6 +220,7 @@ class _Audit:
                         self.items_of[side.key].append(i)
         self.records: dict[str, ImageRecord] = {}
         self.good: list[ImageRecord] = []
+        self.blank: set[str] = set()  # keys of one-colour pictures: no grayscale finding for them
 
     def disp(self, key: str) -> str:
         i, s = self.side_of[key]
@@ -322,6 +331,25 @@ class _Audit:
                         )
                     )
 
+    def quality_findings(self) -> dict:
+        """Dark, light, blank and blurry pictures; the thresholds, the set's median sharpness, and
+        every picture's scores (``per_image``, written to image_quality.csv by write_audit)."""
+        good = [r for r in self.good if r.quality is not None]
+        findings, summary = judge([r.quality for r in good], self.config.quality)
+        for f in findings:
+            self._add(f.kind, [good[f.index].key], f.detail)
+            if f.kind == "blank":
+                self.blank.add(good[f.index].key)
+        summary["per_image"] = {
+            "path": [self.disp(r.key) for r in good],
+            "item_id": [self.item_id(r.key) for r in good],
+            **{
+                col: [round(getattr(r.quality, col), 4) for r in good]
+                for col in ("p01", "p05", "p95", "p99", "sharpness")
+            },
+        }
+        return summary
+
     def image_findings(self) -> dict:
         """Odd sizes, odd aspect ratios and grayscale images among the decoded files; their statistics."""
         good, c = self.good, self.config
@@ -330,7 +358,7 @@ class _Audit:
         areas = np.array([r.width * r.height for r in good], dtype=float)
         aspects = np.array([r.width / r.height for r in good])
         med_area, med_aspect = float(np.median(areas)), float(np.median(aspects))
-        n_gray = sum(r.gray for r in good)
+        n_gray = sum(r.gray and r.key not in self.blank for r in good)
         stats = {
             "median_width": float(np.median([r.width for r in good])),
             "median_height": float(np.median([r.height for r in good])),
@@ -353,7 +381,7 @@ class _Audit:
                 )
         if n_gray < len(good) / 2:
             for r in good:
-                if r.gray:
+                if r.gray and r.key not in self.blank:
                     self._add("grayscale_in_color", [r.key], "grayscale image in a mostly colour set")
         return stats
 
@@ -381,9 +409,21 @@ class _Audit:
 
 
 def write_audit(report: dict, out_dir: str | Path) -> Path:
+    """audit.json, and beside it image_quality.csv with every picture's quality scores."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "audit.json"
+    quality = report.get("image_quality") or {}
+    if "per_image" in quality:
+        per = quality["per_image"]
+        tmp = out / "image_quality.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(list(per))
+            w.writerows(zip(*per.values(), strict=True))
+        tmp.replace(out / "image_quality.csv")
+        report = {**report, "image_quality": {k: v for k, v in quality.items() if k != "per_image"}}
+        report["image_quality"]["per_image_file"] = "image_quality.csv"
     atomic_write_text(path, json.dumps(report, indent=1, ensure_ascii=False))
     return path
 

@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from camscope.data.synthetic import CoinSpec, generate
 
@@ -154,7 +154,28 @@ def _plant(files: dict[str, bytes], rows: list[dict], coins, size: int) -> dict[
     files[HEADS.format(row=20)] = _jpeg(np.stack([gray] * 3, 2))
     planted["grayscale_in_color"] = [_rid(20)]
     planted["class_imbalance"] = []
+    planted.update(_plant_quality(files, coins, n))
     return planted
+
+
+def _plant_quality(files: dict[str, bytes], coins, n: int) -> dict[str, list[str]]:
+    """The heads of the last four coins: underexposed, washed out, out of focus, a blank placeholder."""
+
+    def heads(row: int) -> np.ndarray:
+        return coins.images[row - 1, 0].astype(np.float32)
+
+    pictures = {
+        "dark": (n, heads(n) * 0.1),
+        "light": (n - 1, heads(n - 1) * 0.1 + 230),
+        "blurry": (
+            n - 2,
+            np.asarray(Image.fromarray(heads(n - 2).astype(np.uint8)).filter(ImageFilter.GaussianBlur(2.5))),
+        ),
+        "blank": (n - 3, np.full_like(heads(n - 3), 255)),
+    }
+    for row, arr in pictures.values():
+        files[HEADS.format(row=row)] = _jpeg(np.clip(arr, 0, 255).astype(np.uint8))
+    return {kind: [_rid(row)] for kind, (row, _) in pictures.items()}
 
 
 def _plant_near_duplicates(files, rows, coins, size: int, taken: tuple[int, int]) -> list[str]:

@@ -81,6 +81,24 @@ def render(results: dict, root: str | Path) -> str:
     return env.get_template("template.html.j2").render(**view)
 
 
+def _quality_line(q: dict) -> str:
+    """How the image-quality findings were judged: the thresholds and the set's own sharpness."""
+    p = q.get("params")
+    if not p:
+        return ""
+    blur = (
+        f"blurry below {p['blur_ratio']}x the set's median sharpness {q['median_sharpness']:.3f}"
+        if q.get("blur_threshold") is not None
+        else f"blurry not judged (fewer than {p['min_images_for_blur']} scored pictures)"
+    )
+    return (
+        f"Image quality (luminance 0-1, each picture at most 128 px): dark when 95% of a picture is "
+        f"below {p['dark_p95']}, light when 95% is above {p['light_p05']}, blank when its 1st-99th "
+        f"percentile range is under {p['blank_range']}; {blur}. Every picture's scores: "
+        f"audit/{q.get('per_image_file', 'image_quality.csv')}."
+    )
+
+
 def _data_view(root: Path, data: dict) -> dict:
     """The source, the audit's findings with their meaning and thumbnails, the classes."""
     dv: dict = {}
@@ -102,6 +120,7 @@ def _data_view(root: Path, data: dict) -> dict:
             }
             for k, n in sorted(au["problem_counts"].items(), key=lambda kv: -kv[1])
         ]
+        dv["quality_line"] = _quality_line(au.get("image_quality") or {})
         thumbs = {k: img(root, rel) for k, rel in au.get("thumbnails", {}).items()}
         dv["thumbs"] = [{"kind": k, "src": src} for k, src in thumbs.items() if src]
     if data.get("planted_problems"):
@@ -111,14 +130,21 @@ def _data_view(root: Path, data: dict) -> dict:
         dv["label_issues"] = {
             "line": f"{li['n_flagged']} of {li['n_items']} labels flagged by confident learning on out-of-fold "
             f"probabilities ({li['backbone']} features, {li['config']['folds']} folds, out-of-fold accuracy "
-            f"{pct(li['out_of_fold_accuracy'])}). Nothing was relabelled or dropped; each experiment's evaluation "
-            "also scores its test items without the flagged ones.",
+            f"{pct(li['out_of_fold_accuracy'])}). "
+            + (
+                f"{li['dropped_from_training']} of them were taken out of training and validation "
+                "(clean.drop_label_issues), never out of the test set; "
+                if li.get("dropped_from_training")
+                else "Nothing was relabelled or dropped; "
+            )
+            + "each experiment's evaluation also scores its test items without the flagged ones.",
             "rows": [
                 [r["rank"], r["id"], r["given"], r["suggested"], r[li["config"]["score"]]]
                 for r in li["most_suspect"][:12]
             ],
             "score": li["config"]["score"],
             "figure": img(root, li.get("figure")),
+            "cams": img(root, li.get("cams")),
         }
     pr = data.get("prepared")
     if pr:

@@ -191,6 +191,20 @@ def collect_results(root: str | Path) -> dict:
 SPLIT_KEYS = ("counts", "totals", "selected_classes", "unseen_classes")
 
 
+def _dropped_label_issues(root: Path) -> int:
+    """Items some experiment's split took out of training as probable label issues
+    (clean.drop_label_issues)."""
+    import csv
+
+    ids = set()
+    for path in root.glob("*/split.csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            ids |= {
+                r["id"] for r in csv.DictReader(f) if r.get("note", "").startswith("probable label issue")
+            }
+    return len(ids)
+
+
 def _data_section(root: Path) -> dict:
     """The source, its audit and the prepared dataset of a study run folder."""
     data: dict = {}
@@ -217,6 +231,7 @@ def _data_section(root: Path) -> dict:
             "thumbnails": {
                 p.stem: str(p.relative_to(root)) for p in sorted((root / "audit" / "thumbs").glob("*.png"))
             },
+            "image_quality": audit.get("image_quality") or {},  # thresholds and counts, no per-image scores
         }
     screen = _json(root / "label_issues" / "label_issues.json")
     if screen:
@@ -235,6 +250,10 @@ def _data_section(root: Path) -> dict:
             "figure": "label_issues/suspects.png"
             if (root / "label_issues" / "suspects.png").is_file()
             else None,
+            "cams": "label_issues/suspects_cams.png"
+            if (root / "label_issues" / "suspects_cams.png").is_file()
+            else None,
+            "dropped_from_training": _dropped_label_issues(root),
         }
     prepared = root / "prepared" / "data.safetensors"
     if prepared.is_file():
