@@ -105,6 +105,31 @@ def test_planted_flips_are_found_far_above_chance(noisy, tmp_path):
             assert r["suggested"] != r["given"]
     probs = list(csv.DictReader((out / "probabilities.csv").open(encoding="utf-8")))
     assert len(probs) == 300 and abs(sum(float(v) for k, v in probs[0].items() if k != "id") - 1) < 1e-4
+    from PIL import Image
+
+    with Image.open(out / "suspects_cams.png") as sheet:  # 12 suspects: image, given CAM, suggested CAM
+        assert sheet.width > 2 * sheet.height / 12
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_the_folded_head_gives_the_heads_probabilities(k):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from camscope.labels.cams import folded_head
+
+    rng = np.random.default_rng(k)
+    x = rng.normal(size=(200, 6)) * rng.uniform(0.5, 5, 6) + rng.normal(size=6) * 3
+    y = (x[:, 0] + x[:, 1] > np.median(x[:, 0] + x[:, 1])).astype(int) + (
+        2 * (x[:, 2] > np.median(x[:, 2])) if k == 4 else 0
+    )
+    scaler = StandardScaler().fit(x)
+    head = LogisticRegression(C=0.5, max_iter=2000).fit(scaler.transform(x), y)
+    weight, bias = folded_head(head, scaler, k)
+    logits = x @ weight.T + bias
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert np.allclose(p, head.predict_proba(scaler.transform(x)), atol=1e-6)
 
 
 def test_a_killed_screen_resumes_from_its_saved_folds(noisy, tmp_path, monkeypatch):
@@ -117,8 +142,8 @@ def test_a_killed_screen_resumes_from_its_saved_folds(noisy, tmp_path, monkeypat
     assert len(saved) == 3 and (out / "features.npz").is_file()
     saved[1].unlink()  # as if killed during the second fold
     calls = []
-    real = screen_mod.fold_probs
-    monkeypatch.setattr(screen_mod, "fold_probs", lambda *a: calls.append(1) or real(*a))
+    real = screen_mod.fold_fit
+    monkeypatch.setattr(screen_mod, "fold_fit", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(screen_mod, "extract", lambda run: pytest.fail("features were recomputed"))
     again = screen(path, out, cfg)
     assert len(calls) == 1
@@ -182,6 +207,7 @@ def test_classes_smaller_than_the_folds_are_not_screened(noisy, tmp_path, monkey
 
     monkeypatch.setattr(screen_mod, "extract", fake_extract)
     monkeypatch.setattr(screen_mod, "duplicate_groups", lambda ds, audit: [])
+    monkeypatch.setattr(screen_mod, "suspect_cams", lambda *a: None)  # fake features: no model to explain
     res = screen(path, tmp_path / "o", ScreenConfig(folds=5))
     assert res["not_screened"] == {"rare": 3} and res["n_items"] == 297
     assert res["out_of_fold_accuracy"] > 0.95
@@ -214,3 +240,23 @@ def test_study_stage_report_and_evaluation(tmp_path):
     assert "label_issues" in again["skipped"] and "evaluate:top3" in again["skipped"]
     with pytest.raises(Exception, match="folds"):
         Study.from_yaml(write_study(tmp_path, {**raw, "label_issues": {"folds": 1}}))
+
+    # clean.drop_label_issues: the 10 most suspect leave train and val; the test set stays the same
+    def split_rows():
+        return {r["id"]: r for r in csv.DictReader((out / "top3" / "split.csv").open())}
+
+    before = split_rows()
+    ranked = [r["id"] for r in csv.DictReader((out / "label_issues" / "label_issues.csv").open())][:10]
+    dropping = {**raw, "clean": {**raw.get("clean", {}), "drop_label_issues": {"top_k": 10}}}
+    res = Study.from_yaml(write_study(tmp_path, dropping)).run(out)
+    assert "split:top3" in res["ran"] and "label_issues" in res["skipped"]
+    after = split_rows()
+    gone = {i for i, r in after.items() if r["split"] == "dropped" and "probable label issue" in r["note"]}
+    assert gone == {i for i in ranked if before[i]["split"] in ("train", "val")} and gone
+    assert {i for i, r in after.items() if r["split"] == "test"} == {
+        i for i, r in before.items() if r["split"] == "test"
+    }
+    with pytest.raises(Exception, match="exactly one of top_k"):
+        Study.from_dict({**dropping, "clean": {"drop_label_issues": {"top_k": 3, "threshold": 0.2}}})
+    with pytest.raises(Exception, match="needs a label_issues section"):
+        Study.from_dict({**{k: v for k, v in dropping.items() if k != "label_issues"}})

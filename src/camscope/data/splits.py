@@ -36,6 +36,9 @@ class SplitConfig:
     respect_given: bool = True
     dedupe: str = "none"  # none | exact | near: keep one item of each duplicate group
     selection: ClassSelection = field(default_factory=ClassSelection)
+    # item id -> why: items taken out of train and val after placement (test items stay, so the
+    # test set is the one a split without them would have); e.g. probable label issues
+    drop_from_training: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         f = self.fractions
@@ -162,6 +165,9 @@ def make_split(
                 config.seed,
             )
         )
+    for k, i in enumerate(ds.ids):
+        if i in config.drop_from_training and split.get(k) in ("train", "val"):
+            split[k], note[k] = "dropped", config.drop_from_training[i]
     # leakage check: test (and val) items sharing a duplicate group with a training item
     train_groups = {group_of[k] for k in range(len(ds)) if split[k] == "train" and k in group_of}
     dup_in_train = {

@@ -23,6 +23,7 @@ import numpy as np
 from camscope.data.splits import duplicate_groups
 from camscope.errors import CamscopeError
 from camscope.folders import run_folder
+from camscope.labels.cams import folded_head, suspect_cams
 from camscope.labels.confident import SCORES, find_issues, quality, suggested
 from camscope.probes.features import extract
 from camscope.progress import make_progress
@@ -42,6 +43,7 @@ class ScreenConfig:
     min_side: int = 96
     seed: int = 0
     device: str = "cpu"
+    cams: int = 12  # the most suspect items shown with CAMs for the given and the suggested label
 
     def validate(self) -> None:
         if self.folds < 2:
@@ -83,6 +85,14 @@ def fold_of(labels: np.ndarray, groups: list[list[int]], folds: int, seed: int) 
 
 def fold_probs(feats: np.ndarray, labels: np.ndarray, held: np.ndarray, k: int, c: float) -> np.ndarray:
     """Probabilities for the held-out items from a head fitted on the others."""
+    return fold_fit(feats, labels, held, k, c)[0]
+
+
+def fold_fit(
+    feats: np.ndarray, labels: np.ndarray, held: np.ndarray, k: int, c: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The held-out items' probabilities, and the head as one linear layer on the raw features
+    ((K, D) weight, (K,) bias; labels/cams.py explains with it)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -90,7 +100,7 @@ def fold_probs(feats: np.ndarray, labels: np.ndarray, held: np.ndarray, k: int, 
     head = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(feats[~held]), labels[~held])
     probs = np.zeros((int(held.sum()), k))
     probs[:, head.classes_] = head.predict_proba(scaler.transform(feats[held]))
-    return probs
+    return (probs, *folded_head(head, scaler, k))
 
 
 class _Enlarged:
@@ -141,8 +151,10 @@ def _features(run, out: Path, key: str) -> dict:
     return got
 
 
-def _out_of_fold(feats, y, folds, k, config: ScreenConfig, out: Path, key: str) -> np.ndarray:
+def _out_of_fold(feats, y, folds, k, config: ScreenConfig, out: Path, key: str) -> tuple[np.ndarray, dict]:
+    """Every item's out-of-fold probabilities, and each fold's head (weight, bias) as saved."""
     probs = np.zeros((len(y), k))
+    heads: dict[int, tuple] = {}
     (out / "folds").mkdir(exist_ok=True)
     with make_progress() as progress:
         task = progress.add_task("label issues: folds", total=config.folds)
@@ -152,11 +164,14 @@ def _out_of_fold(feats, y, folds, k, config: ScreenConfig, out: Path, key: str) 
             if saved.is_file():
                 with np.load(saved, allow_pickle=False) as z:
                     probs[held] = z["probs"]
+                    if "weight" in z:
+                        heads[f] = (z["weight"], z["bias"])
             else:
-                probs[held] = fold_probs(feats, y, held, k, config.C)
-                _save_npy(saved, probs=probs[held])
+                probs[held], weight, bias = fold_fit(feats, y, held, k, config.C)
+                heads[f] = (weight, bias)
+                _save_npy(saved, probs=probs[held], weight=weight, bias=bias)
             progress.advance(task)
-    return probs
+    return probs, heads
 
 
 def screen(
@@ -197,9 +212,13 @@ def screen(
         groups = [g for g in groups if len(g) > 1]
         folds = fold_of(y, groups, config.folds, config.seed)
         fold_key = _key(key, asdict(config), [sorted(g) for g in groups], ids, y.tolist())
-        probs = _out_of_fold(feats, y, folds, len(classes), config, folder, fold_key)
+        probs, heads = _out_of_fold(feats, y, folds, len(classes), config, folder, fold_key)
         summary = _write(folder, ids, classes, y, probs, folds, splits, config)
         _suspects_png(folder / "suspects.png", ds, summary["most_suspect"][:24], config.score)
+        suspects = summary["most_suspect"][: config.cams]
+        for f in {int(r["fold"]) for r in suspects} - set(heads):  # folds saved before heads were kept
+            heads[f] = fold_fit(feats, y, folds == f, len(classes), config.C)[1:]
+        suspect_cams(run, suspects, classes, heads, folder / "suspects_cams.png")
         summary |= {
             "dataset_hash": ds.info.get("dataset_hash"),
             "backbone": run.meta["source"],

@@ -41,6 +41,21 @@ class LabelIssuesSection(_Strict):
     min_side: int = Field(96, ge=1)
 
 
+class DropLabelIssues(_Strict):
+    """Which screened items leave training: the ``top_k`` lowest label-quality scores, or every
+    item scoring below ``threshold``. Only train and val items are dropped; the test set stays as
+    it is, and evaluate reports its accuracy with and without the flagged items."""
+
+    top_k: int | None = Field(None, ge=1)
+    threshold: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> DropLabelIssues:
+        if (self.top_k is None) == (self.threshold is None):
+            raise ValueError("give exactly one of top_k (e.g. top_k: 20) or threshold (e.g. threshold: 0.1)")
+        return self
+
+
 class CleanSection(_Strict):
     # audit finding kinds whose items are left out before preparation
     drop: list[str] = Field(default_factory=lambda: list(BAD_FILE_KINDS))
@@ -56,6 +71,9 @@ class CleanSection(_Strict):
 
     # keep one item of each duplicate group (split time): none | exact | near
     dedupe: Literal["none", "exact", "near"] = "none"
+    # take probable label issues out of training (needs a label_issues section); recorded in
+    # each split's notes and summary
+    drop_label_issues: DropLabelIssues | None = None
 
 
 class PrepareSection(_Strict):
@@ -232,6 +250,11 @@ class Study(_Strict):
             raise ValueError(f"experiment names must be unique: {', '.join(dup)}")
         if not names:
             raise ValueError("a study needs at least one experiment")
+        if self.clean.drop_label_issues is not None and self.label_issues is None:
+            raise ValueError(
+                "clean.drop_label_issues needs a label_issues section (the screen it drops from), "
+                "e.g. label_issues: {folds: 5}"
+            )
         return self
 
     # where the study file lives: relative data paths are read from there

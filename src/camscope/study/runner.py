@@ -102,6 +102,7 @@ class StudyRun:
                     [self.label_issues_dir / "label_issues.json"],
                 )
             )
+        drop = s.clean.drop_label_issues
         for exp in s.experiments:
             d = self.exp_dir(exp)
             n = exp.name
@@ -113,8 +114,9 @@ class StudyRun:
                         "split": s.split.model_dump(),
                         "classes": exp.classes.model_dump(),
                         "dedupe": s.clean.dedupe,
+                        "drop_label_issues": drop.model_dump() if drop else None,
                     },
-                    ["prepare"],
+                    ["prepare", "label_issues"] if drop else ["prepare"],
                     lambda e=exp: self._split(e),
                     [d / "split.csv"],
                 )
@@ -306,6 +308,27 @@ class StudyRun:
         )
         return {"items": len(ds), "shape": list(ds.images.shape), "excluded": len(ds.info["excluded"])}
 
+    def _label_issue_drops(self) -> dict[str, str]:
+        """Item id -> why, for the screened items clean.drop_label_issues takes out of training."""
+        import csv
+
+        drop = self.study.clean.drop_label_issues
+        if drop is None:
+            return {}
+        with open(self.label_issues_dir / "label_issues.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))  # most suspect first
+        score = self.study.label_issues.score
+        if drop.top_k is not None:
+            chosen = rows[: drop.top_k]
+            rule = f"top_k {drop.top_k}"
+        else:
+            chosen = [r for r in rows if float(r[score]) < drop.threshold]
+            rule = f"{score} < {drop.threshold}"
+        return {
+            r["id"]: f"probable label issue ({rule}; rank {r['rank']}, {r['given']} -> {r['suggested']})"
+            for r in chosen
+        }
+
     def _split(self, exp: Experiment) -> dict:
         from camscope.data.audit import load_audit
         from camscope.data.prepare import load_prepared
@@ -320,6 +343,7 @@ class StudyRun:
             respect_given=sp.respect_given,
             dedupe=self.study.clean.dedupe,
             selection=ClassSelection(**exp.classes.model_dump()),
+            drop_from_training=self._label_issue_drops(),
         )
         result = make_split(load_prepared(self.prepared_path()), cfg, load_audit(self.audit_path))
         write_split(result, self.exp_dir(exp))
