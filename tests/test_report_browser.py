@@ -43,6 +43,7 @@ def test_demo_study_runs_every_stage_in_time(demo_run):
         "mask",
         "unseen",
         "features",
+        "label_issues",
         "report",
     }
     # the promise is under 3 minutes on a 2-core machine; CPU time keeps the check fair when other
@@ -51,8 +52,19 @@ def test_demo_study_runs_every_stage_in_time(demo_run):
     results = json.loads((root / "results.json").read_text())
     planted = results["data"]["planted_problems"]
     found = results["data"]["audit"]["problem_counts"]
-    for kind in ("zero_byte", "truncated", "not_an_image", "missing_side", "exact_duplicate"):
+    for kind in (
+        "zero_byte",
+        "truncated",
+        "not_an_image",
+        "missing_side",
+        "exact_duplicate",
+        "dark",
+        "blank",
+    ):
         assert found.get(kind, 0) >= 1 and planted.get(kind, 0) >= 1, kind
+    # clean.drop_label_issues {top_k: 5}: five screened items left training, none left the test set
+    split = (root / "coins" / "split.csv").read_text(encoding="utf-8")
+    assert 1 <= split.count("probable label issue") <= 5  # the five most suspect, less those in test
 
 
 def test_demo_report_renders_in_chromium(demo_run, tmp_path):
@@ -82,6 +94,8 @@ def test_demo_report_renders_in_chromium(demo_run, tmp_path):
         finally:
             browser.close()
     assert len(images) >= 15
+    alts = {i["alt"] for i in images}
+    assert {"most suspect labels", "evidence for the given and the suggested label"} <= alts
     broken = [i["alt"] for i in images if not i["ok"]]
     assert not broken, f"images that did not load: {broken}"
     assert not errors, errors
