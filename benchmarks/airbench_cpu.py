@@ -108,10 +108,9 @@ def main() -> None:
     t1 = time.perf_counter()
     logits = utils.infer(model, test_loader, tta_level=hyp["net"]["tta_level"])
     eval_s = time.perf_counter() - t1
-    from sklearn.metrics import precision_recall_fscore_support
+    import train_cifar10  # this folder's benchmark: the same metrics as camscope's rows
 
-    y, pred = test_loader.labels.numpy(), logits.argmax(1).numpy()
-    p, r, f, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
+    metrics = train_cifar10.test_metrics(logits.argmax(1), test_loader.labels)
     row = {
         "date": time.strftime("%Y-%m-%d"),
         "row": f"peer: airbench94 (airbench {version('airbench')}, fp32 CPU) seed {args.seed}",
@@ -121,10 +120,7 @@ def main() -> None:
         "total_s": round(total, 1),
         "final_eval_s": round(eval_s, 1),
         "tta": "mirror + translate (tta_level 2)",
-        "test_acc": float((pred == y).mean()),
-        "precision": float(p),
-        "recall": float(r),
-        "f1": float(f),
+        **metrics,
     }
     log = ROOT / "runs" / "bench" / "train_cifar10.jsonl"
     if not args.train_limit:

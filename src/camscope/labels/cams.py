@@ -55,7 +55,7 @@ def suspect_cams(
         return None
     ds = run.dataset()
     pos = {i: n for n, i in enumerate(ds.ids)}
-    tiles, caps = [], []
+    cells: dict[str, tuple[list, list[str]]] = {}  # id -> its three tiles and captions
     for fold in sorted({int(r["fold"]) for r in rows}):
         mine = [r for r in rows if int(r["fold"]) == fold]
         images = to_channels(ds.images[torch.tensor([pos[r["id"]] for r in mine])], run.channels)
@@ -64,25 +64,17 @@ def suspect_cams(
         res = explain(model, run.prep(images), "gradcam", targets=targets)
         probs = res.logits.softmax(1)
         for n, r in enumerate(mine):
-            tiles += [
-                displayable(images[n : n + 1])[0],
-                *overlay(images[n : n + 1].expand(2, -1, -1, -1), res.maps[n]),
-            ]
+            one = images[n : n + 1]
             p_given, p_sugg = (float(probs[n, t]) for t in targets[n])
-            caps += [
-                f"{r['rank']}. {r['id']}",
-                f"given {r['given']} ({p_given:.2f})",
-                f"suggested {r['suggested']} ({p_sugg:.2f})",
-            ]
-    order = _rank_order(rows, caps)
-    tiles = [tiles[i] for i in order]
-    caps = [caps[i] for i in order]
+            cells[r["id"]] = (
+                [displayable(one)[0], *overlay(one.expand(2, -1, -1, -1), res.maps[n])],
+                [
+                    f"{r['rank']}. {r['id']}",
+                    f"given {r['given']} ({p_given:.2f})",
+                    f"suggested {r['suggested']} ({p_sugg:.2f})",
+                ],
+            )
+    tiles = [t for r in rows for t in cells[r["id"]][0]]  # rows come most suspect first
+    caps = [c for r in rows for c in cells[r["id"]][1]]
     side = max(tiles[0].shape[-2:])
     return save_png(grid(torch.stack(tiles), caps, cols=3, scale=max(1, 128 // side)), path)
-
-
-def _rank_order(rows: list[dict], caps: list[str]) -> list[int]:
-    """Indices that put the per-fold triples back in rank order."""
-    first = [k for k in range(0, len(caps), 3)]
-    rank = [int(caps[k].split(".", 1)[0]) for k in first]
-    return [k + j for _, k in sorted(zip(rank, first, strict=True)) for j in range(3)]

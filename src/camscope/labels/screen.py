@@ -83,11 +83,6 @@ def fold_of(labels: np.ndarray, groups: list[list[int]], folds: int, seed: int) 
     return out
 
 
-def fold_probs(feats: np.ndarray, labels: np.ndarray, held: np.ndarray, k: int, c: float) -> np.ndarray:
-    """Probabilities for the held-out items from a head fitted on the others."""
-    return fold_fit(feats, labels, held, k, c)[0]
-
-
 def fold_fit(
     feats: np.ndarray, labels: np.ndarray, held: np.ndarray, k: int, c: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
