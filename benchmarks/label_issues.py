@@ -12,7 +12,7 @@ classes. The flipped copy is screened (`camscope.labels.screen`), then scored:
 - random: a random ranking's expected precision is the flip rate.
 
     .venv/bin/python benchmarks/label_issues.py PREPARED --out runs/bench/label_issues/NAME \
-        [--rate 0.03] [--seed 0]
+        [--rate 0.03] [--seed 0] [--model fastnet --folds 3 --epochs 8 --set batch_size=512 ...]
 
 Seeds share the output folder's screen: the backbone's features are computed once (they do not
 depend on the labels), each seed plants its own flips and fits its own folds.
@@ -30,6 +30,7 @@ import numpy as np
 
 from camscope.data.prepare import dataset_hash, load_prepared, save_prepared
 from camscope.labels.screen import ScreenConfig, screen
+from camscope.train.config import parse_model_args
 
 SIMILAR = [("cat", "dog"), ("automobile", "truck"), ("deer", "horse"), ("airplane", "ship"), ("bird", "frog")]
 
@@ -69,6 +70,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--min-side", type=int, default=96)
+    ap.add_argument("--model", default="frozen", help="frozen, or a model trained per fold (fastnet)")
+    ap.add_argument("--epochs", type=float, default=None, help="trained folds: epochs per fold")
+    ap.add_argument("--set", action="append", default=[], help="trained folds: training option key=JSON")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,9 +82,15 @@ def main() -> None:
     planted = plant(ds, args.rate, args.seed, eligible)
     noisy = save_prepared(ds, out / f"noisy-seed{args.seed}.safetensors")
     t = time.perf_counter()
-    res = screen(
-        noisy, out / "screen", ScreenConfig(folds=args.folds, min_side=args.min_side, seed=args.seed)
+    cfg = ScreenConfig(
+        folds=args.folds,
+        min_side=args.min_side,
+        seed=args.seed,
+        model=args.model,
+        epochs=args.epochs,
+        train=parse_model_args(args.set, "--set") or {},
     )
+    res = screen(noisy, out / "screen", cfg)
     seconds = time.perf_counter() - t
 
     from cleanlab.filter import find_label_issues
@@ -110,7 +120,7 @@ def main() -> None:
     print(
         f"\n{Path(args.prepared).name}: {len(ids)} items screened, {n} flips planted ({args.rate:.0%}), "
         f"out-of-fold accuracy {res['out_of_fold_accuracy']:.3f}, screen {seconds:.0f} s "
-        f"(features {res['backbone']}, {args.folds} folds)\n"
+        f"({res['backbone']}, {args.folds} folds)\n"
     )
     print("| method | precision | recall | flagged |")
     print("|---|---|---|---|")

@@ -161,7 +161,7 @@ def score(found, positives: dict, neg: tuple[list, list]) -> dict:
     }
 
 
-def camscope_curve(root: Path, positives: dict, neg: tuple) -> list[dict]:
+def camscope_curve(root: Path, positives: dict, neg: tuple, mirrors: bool = False) -> list[dict]:
     from dataclasses import replace
 
     import camscope.data.audit as A
@@ -177,7 +177,8 @@ def camscope_curve(root: Path, positives: dict, neg: tuple) -> list[dict]:
     fine = np.stack([r.fine for r in good])
     has_fine = np.array([min(r.width, r.height) >= 2 * THUMB for r in good])
     keys = [a.disp(r.key) for r in good]
-    base = NearDupParams()
+    base = NearDupParams(mirrors=mirrors)
+    finder = "camscope (mirrors)" if mirrors else "camscope"
     rows = []
     for delta in DELTAS:
         p = replace(
@@ -193,10 +194,8 @@ def camscope_curve(root: Path, positives: dict, neg: tuple) -> list[dict]:
         gi = as_groups([[keys[i] for i in g] for g in connected_groups(len(keys), res.pairs)])
         search_s = time.perf_counter() - t
         s = score(lambda x, y, gi=gi: x in gi and gi.get(x) == gi.get(y), positives, neg)
-        rows.append(
-            {"finder": "camscope", "setting": f"delta {delta:+.2f}", "search_s": round(search_s, 1), **s}
-        )
-        print(f"camscope delta {delta:+.2f}: {s['recall']:.3f} recall, {s['false_positives']} fp", flush=True)
+        rows.append({"finder": finder, "setting": f"delta {delta:+.2f}", "search_s": round(search_s, 1), **s})
+        print(f"{finder} delta {delta:+.2f}: {s['recall']:.3f} recall, {s['false_positives']} fp", flush=True)
     rows[0]["scan_s"] = round(scan_s, 1)
     return rows
 
@@ -277,7 +276,7 @@ def main() -> None:
     ap.add_argument("--negatives", type=int, default=2000, help="random ones, and as many hard ones")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "neardup_curves")
-    ap.add_argument("--finders", default="camscope,phash,cleanvision")
+    ap.add_argument("--finders", default="camscope,phash,cleanvision", help="and camscope-mirrors")
     args = ap.parse_args()
     if not ZIP.is_file():
         raise SystemExit(f"{ZIP} not found: this benchmark needs the shared CIFAR-10 JPEGs")
@@ -297,13 +296,15 @@ def main() -> None:
         wanted = set(args.finders.split(","))
         if "camscope" in wanted:
             rows += camscope_curve(root, positives, neg)
+        if "camscope-mirrors" in wanted:
+            rows += camscope_curve(root, positives, neg, mirrors=True)
         if "phash" in wanted:
             rows += phash_curve(root, positives, neg)
         if "cleanvision" in wanted:
             rows += cleanvision_curve(root, positives, neg)
         for r in rows:
             if r["setting"] in DEFAULTS and r["accepted_negatives"]:
-                name = r["finder"].split()[-1].lower()
+                name = r["finder"].replace(" (mirrors)", "-mirrors").split()[-1].lower()
                 pair_sheet(root, r["accepted_negatives"], args.out / f"false_pairs_{name}.png")
         report(rows, args.out)
     finally:

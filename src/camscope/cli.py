@@ -152,10 +152,14 @@ def audit(
     no_near: Annotated[
         bool, typer.Option("--no-near-duplicates", help="skip the near-duplicate search")
     ] = False,
+    mirrors: Annotated[
+        bool,
+        typer.Option("--mirrors", help="also find left-right mirrored copies (about 2x the search time)"),
+    ] = False,
     workers: Workers = 0,
 ):
     """Find broken files, missing sides, bad labels, duplicates and near-duplicates; write audit.json."""
-    from camscope.data.audit import AuditConfig, write_audit
+    from camscope.data.audit import SCAN_CACHE, AuditConfig, write_audit
     from camscope.data.audit import audit as run_audit
 
     src = _source(
@@ -171,8 +175,17 @@ def audit(
         delimiter,
         download,
     )
-    report = run_audit(src, AuditConfig(near_duplicates=not no_near, workers=workers))
+    from camscope.data.scan_cache import clear_scan_cache
+
+    cache = Path(out) / SCAN_CACHE  # a killed audit resumes from it
+    from camscope.data.neardup import NearDupParams
+
+    nd = NearDupParams(mirrors=mirrors)
+    report = run_audit(
+        src, AuditConfig(near_duplicates=not no_near, neardup=nd, workers=workers, cache_dir=cache)
+    )
     path = write_audit(report, out)
+    clear_scan_cache(cache)
     print_audit(report)
     console.print(f"audit written to [bold]{path}[/]")
 
@@ -615,16 +628,33 @@ def label_issues(
     ] = "normalized_margin",
     min_side: Annotated[int, typer.Option(help="enlarge images to this short side for the backbone")] = 96,
     seed: Annotated[int, typer.Option(help="fold assignment seed")] = 0,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="frozen: the backbone's features and a linear head; or a model trained per fold "
+            "(e.g. fastnet), better where a short training beats the frozen features"
+        ),
+    ] = "frozen",
+    epochs: Annotated[float | None, typer.Option(help="trained folds: epochs per fold")] = None,
+    train_set: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="trained folds: a training option, key=JSON (e.g. batch_size=512)"),
+    ] = None,
     device: DeviceOpt = "cpu",
 ):
-    """Items whose label is probably wrong: out-of-fold probabilities from a frozen pretrained
-    backbone and a linear head, then confident learning. Writes label_issues.csv (every item, most
-    suspect first), probabilities.csv and label_issues.json; nothing is relabelled or dropped."""
+    """Items whose label is probably wrong: out-of-fold probabilities (a frozen pretrained
+    backbone and a linear head, or a model trained per fold), then confident learning. Writes
+    label_issues.csv (every item, most suspect first), probabilities.csv and label_issues.json;
+    nothing is relabelled or dropped."""
     from camscope.data.audit import load_audit
     from camscope.labels.screen import ScreenConfig, screen
+    from camscope.train.config import parse_model_args
 
     cfg = ScreenConfig(
         folds=folds,
+        model=model,
+        epochs=epochs,
+        train=parse_model_args(train_set, "--set") or {},
         backbone=backbone,
         weights=None if weights.lower() == "none" else weights,
         score=score,

@@ -25,6 +25,7 @@ from camscope.data.imageio import ImageProblem, open_header
 from camscope.data.neardup import THUMB, NearDupParams, connected_groups, find_near_duplicates, merge_groups
 from camscope.data.parallel import parallel_map, worker_source
 from camscope.data.quality import QUALITY_KINDS, QualityParams, QualityScores, judge, measure
+from camscope.data.scan_cache import ScanCache
 from camscope.data.sources import Problem, Source
 from camscope.utils import atomic_write_text
 
@@ -43,7 +44,7 @@ PROBLEM_KINDS = {
     "missing_id": "id empty",
     "exact_duplicate": "byte-identical files",
     "shared_file": "several items name the same image file",
-    "near_duplicate": "the same picture re-encoded, resized or slightly shifted",
+    "near_duplicate": "the same picture re-encoded, resized, slightly shifted (or, asked for, mirrored)",
     "conflicting_labels": "duplicates that carry different labels",
     "same_image_both_sides": "both sides are the same picture",
     "odd_size": "far from the median size",
@@ -84,6 +85,10 @@ def excluded_items(report: dict, kinds) -> dict[str, str]:
     return out
 
 
+SCAN_CACHE = ".scan-cache"  # beside audit.json while an audit runs
+SCAN_VERSION = 1  # bump when _scan_one's output changes: a cached scan of another version is redone
+
+
 @dataclass
 class AuditConfig:
     near_duplicates: bool = True
@@ -95,6 +100,10 @@ class AuditConfig:
     aspect_factor: float = 1.5  # an aspect ratio this far from the median is odd
     quality: QualityParams = field(default_factory=QualityParams)
     chunk: int = 256
+    # scan results are saved here as they come, so a killed audit resumes from them; the caller
+    # removes the folder once the audit is written (ScanCache.clear)
+    cache_dir: Path | None = None
+    cache_every: int = 4096  # images per saved part (or 5 s of scanning, whichever comes first)
 
 
 @dataclass
@@ -194,6 +203,7 @@ def audit(source: Source, config: AuditConfig | None = None) -> dict:
         "images": size_stats,
         "image_quality": quality,
         "near_duplicate_search": nd_info,
+        "resumed_images": a.resumed,
         "timing_s": {
             "scan": round(a.t_scan, 2),
             "near_duplicates": round(a.t_near, 2),
@@ -219,6 +229,7 @@ class _Audit:
                     if i not in self.items_of.setdefault(side.key, []):
                         self.items_of[side.key].append(i)
         self.records: dict[str, ImageRecord] = {}
+        self.resumed = 0  # images whose scan came from the cache of a killed audit
         self.good: list[ImageRecord] = []
         self.blank: set[str] = set()  # keys of one-colour pictures: no grayscale finding for them
 
@@ -237,11 +248,26 @@ class _Audit:
     def scan(self) -> None:
         """Read every image once (in worker processes): size, digest, thumbnails, or what is wrong."""
         c = self.config
-        for batch in parallel_map(
-            self.source, _scan_chunk, list(self.side_of), c.workers, c.chunk, "auditing images"
-        ):
-            for rec in batch:
-                self.records[rec.key] = rec
+        keys = list(self.side_of)
+        cache = None
+        if c.cache_dir is not None:
+            fp = ScanCache.fingerprint(self.source, keys, {"thumb": THUMB, "scan": SCAN_VERSION})
+            cache = ScanCache(c.cache_dir, fp, c.cache_every)
+            wanted = set(keys)
+            for rec in cache.load(ImageRecord, QualityScores):
+                if rec.key in wanted:
+                    self.records[rec.key] = rec
+            self.resumed = len(self.records)
+        todo = [k for k in keys if k not in self.records]
+        if todo:
+            for batch in parallel_map(self.source, _scan_chunk, todo, c.workers, c.chunk, "auditing images"):
+                for rec in batch:
+                    self.records[rec.key] = rec
+                if cache is not None:
+                    cache.add(batch)
+            if cache is not None:
+                cache.flush()
+        self.records = {k: self.records[k] for k in keys}  # the listing's order, resumed or not
         self.good = [r for r in self.records.values() if r.problem is None]
         self.t_scan = time.perf_counter() - self.t0
 
@@ -298,6 +324,7 @@ class _Audit:
                 {
                     "candidates": res.n_candidates,
                     "verified_pairs": int(len(res.pairs)),
+                    "mirrored_pairs": int(res.mirrored.sum()) if res.mirrored is not None else 0,
                     "flat_images_skipped": res.n_flat,
                     "params": asdict(self.config.neardup),
                 }

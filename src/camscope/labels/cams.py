@@ -1,6 +1,6 @@
 """The evidence behind a suspect label: CAMs for the given and the suggested class, from the very
-model that scored the item out of fold (the frozen backbone, and the head of the fold that held
-the item out).
+model that scored the item out of fold (the frozen backbone with the head of the fold that held
+the item out, or the model trained on the other folds).
 
 The head is a logistic regression on standardised, globally pooled features; folded into one
 linear layer it becomes the backbone's classifier, so Grad-CAM at the backbone's CAM layer is
@@ -11,6 +11,7 @@ the same map).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def folded_head(head, scaler, k: int) -> tuple[np.ndarray, np.ndarray]:
     return weight, bias
 
 
-def _with_head(model: nn.Module, head_name: str, weight: np.ndarray, bias: np.ndarray) -> nn.Module:
+def with_head(model: nn.Module, head_name: str, weight: np.ndarray, bias: np.ndarray) -> nn.Module:
     m = copy.deepcopy(model)
     lin = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
@@ -42,10 +43,11 @@ def _with_head(model: nn.Module, head_name: str, weight: np.ndarray, bias: np.nd
 
 
 def suspect_cams(
-    run, rows: list[dict], classes: list[str], heads: dict[int, tuple], path: Path
+    ds, rows: list[dict], classes: list[str], model_for: Callable[[int], tuple], path: Path
 ) -> Path | None:
     """A sheet of the suspects: each row the image, the CAM for its given label and the CAM for
-    the suggested one, captioned with both labels and the head's probabilities."""
+    the suggested one, captioned with both labels and the fold model's probabilities.
+    ``model_for(fold)`` gives (model, preprocessing, channels) of the model that held ``fold`` out."""
     from camscope.data.channels import to_channels
     from camscope.explain.engine import explain
     from camscope.explain.overlay import overlay
@@ -53,15 +55,14 @@ def suspect_cams(
 
     if not rows:
         return None
-    ds = run.dataset()
     pos = {i: n for n, i in enumerate(ds.ids)}
     cells: dict[str, tuple[list, list[str]]] = {}  # id -> its three tiles and captions
     for fold in sorted({int(r["fold"]) for r in rows}):
         mine = [r for r in rows if int(r["fold"]) == fold]
-        images = to_channels(ds.images[torch.tensor([pos[r["id"]] for r in mine])], run.channels)
-        model = _with_head(run.model, run.head, *heads[fold])
+        model, prep, channels = model_for(fold)
+        images = to_channels(ds.images[torch.tensor([pos[r["id"]] for r in mine])], channels)
         targets = torch.tensor([[classes.index(r["given"]), classes.index(r["suggested"])] for r in mine])
-        res = explain(model, run.prep(images), "gradcam", targets=targets)
+        res = explain(model, prep(images), "gradcam", targets=targets)
         probs = res.logits.softmax(1)
         for n, r in enumerate(mine):
             one = images[n : n + 1]

@@ -15,16 +15,18 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from camscope.data.prepare import dataset_hash, load_prepared
 from camscope.data.splits import duplicate_groups
 from camscope.errors import CamscopeError
 from camscope.folders import run_folder
-from camscope.labels.cams import folded_head, suspect_cams
+from camscope.labels.cams import folded_head, suspect_cams, with_head
 from camscope.labels.confident import SCORES, find_issues, quality, suggested
+from camscope.labels.trained import FROZEN, fold_config, fold_models, trained_out_of_fold
 from camscope.probes.features import extract
 from camscope.progress import make_progress
 from camscope.runs import DEFAULT_BACKBONE, open_backbone
@@ -34,6 +36,11 @@ from camscope.utils import atomic_write_bytes, atomic_write_text, write_rows_csv
 @dataclass
 class ScreenConfig:
     folds: int = 5
+    # frozen: the backbone's features and a logistic head per fold; else a camscope model (e.g.
+    # fastnet) trained per fold with its recipe, ``epochs`` and the TrainConfig options in ``train``
+    model: str = FROZEN
+    epochs: float | None = None
+    train: dict = field(default_factory=dict)
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = "imagenet"
     score: str = "normalized_margin"
@@ -60,6 +67,13 @@ class ScreenConfig:
             raise CamscopeError(
                 f"--min-side must be positive, not {self.min_side}",
                 "96 suits ImageNet backbones on small images",
+            )
+        if self.model != FROZEN:
+            fold_config(self, 0)  # bad training options are refused before any work
+        elif self.epochs is not None or self.train:
+            raise CamscopeError(
+                "epochs and training options apply to a model trained per fold, not the frozen backbone",
+                "add --model fastnet (or another camscope model), or drop them",
             )
 
 
@@ -177,13 +191,7 @@ def screen(
     config.validate()
     t0 = time.perf_counter()
     with run_folder(out, "labels") as folder:
-        run = open_backbone(prepared, config.backbone, config.weights, config.device)
-        ds = run.dataset()
-        scale = config.min_side / min(ds.images.shape[-2:])
-        if scale > 1:
-            run.prep = _Enlarged(run.prep, scale)
-        key = _key(config.backbone, config.weights, run.meta.get("weights"), max(scale, 1))
-        got = _features(run, folder, key)
+        run, ds, key, got, source = _open(prepared, config, folder)
         feats, ids, names = np.asarray(got["features"], dtype=np.float64), list(got["ids"]), got["labels"]
         # a class with fewer items than folds cannot be held out and learnt at once: not screened
         counts = {c: names.count(c) for c in set(names)}
@@ -206,18 +214,28 @@ def screen(
         groups = [[pos[i] for i in g if i in pos] for g in duplicate_groups(ds, audit)]
         groups = [g for g in groups if len(g) > 1]
         folds = fold_of(y, groups, config.folds, config.seed)
-        fold_key = _key(key, asdict(config), [sorted(g) for g in groups], ids, y.tolist())
-        probs, heads = _out_of_fold(feats, y, folds, len(classes), config, folder, fold_key)
+        # the pixels too: a re-prepared dataset with the same ids and labels is scored afresh
+        fold_key = _key(key, dataset_hash(ds), asdict(config), [sorted(g) for g in groups], ids, y.tolist())
+        if run is not None:
+            probs, heads = _out_of_fold(feats, y, folds, len(classes), config, folder, fold_key)
+        else:
+            k = len(classes)
+            probs = trained_out_of_fold(Path(prepared), ds, ids, folds, k, config, folder, fold_key)
         summary = _write(folder, ids, classes, y, probs, folds, splits, config)
         _suspects_png(folder / "suspects.png", ds, summary["most_suspect"][:24], config.score)
         suspects = summary["most_suspect"][: config.cams]
-        for f in {int(r["fold"]) for r in suspects} - set(heads):  # folds saved before heads were kept
-            heads[f] = fold_fit(feats, y, folds == f, len(classes), config.C)[1:]
-        suspect_cams(run, suspects, classes, heads, folder / "suspects_cams.png")
+        if run is not None:
+            for f in {int(r["fold"]) for r in suspects} - set(heads):  # folds saved before heads were kept
+                heads[f] = fold_fit(feats, y, folds == f, len(classes), config.C)[1:]
+
+            def model_for(f: int, run=run) -> tuple:
+                return with_head(run.model, run.head, *heads[f]), run.prep, run.channels
+        else:
+            model_for = fold_models(folder, fold_key, config.device)
+        suspect_cams(ds, suspects, classes, model_for, folder / "suspects_cams.png")
         summary |= {
             "dataset_hash": ds.info.get("dataset_hash"),
-            "backbone": run.meta["source"],
-            "weights": run.meta.get("weights"),
+            **source,
             "duplicate_groups": len(groups),
             "not_screened": {c: counts[c] for c in too_few},
             "audit_used": audit is not None,
@@ -225,6 +243,38 @@ def screen(
         }
         atomic_write_text(folder / "label_issues.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _open(prepared, config: ScreenConfig, folder: Path) -> tuple:
+    """(backbone run or None, dataset, features key, items, where the probabilities come from)."""
+    if config.model == FROZEN:
+        run = open_backbone(prepared, config.backbone, config.weights, config.device)
+        ds = run.dataset()
+        scale = config.min_side / min(ds.images.shape[-2:])
+        if scale > 1:
+            run.prep = _Enlarged(run.prep, scale)
+        key = _key(config.backbone, config.weights, run.meta.get("weights"), max(scale, 1))
+        source = {"backbone": run.meta["source"], "weights": run.meta.get("weights")}
+        return run, ds, key, _features(run, folder, key), source
+    cfg = fold_config(config, 0)  # a model trained per fold: no features, the items themselves
+    ds = load_prepared(prepared)
+    source = {"backbone": f"{config.model} trained per fold ({cfg.epochs:g} epochs)", "weights": cfg.weights}
+    return None, ds, "", _items(ds), source
+
+
+def _items(ds) -> dict:
+    """The labelled items, as ``_features`` gives them, without features (a (N, 0) array)."""
+    from camscope.data.splits import SplitConfig, make_split
+
+    split = {r["id"]: r["split"] for r in make_split(ds, SplitConfig(seed=0)).rows}  # as open_backbone's
+    labelled = [n for n, lab in enumerate(ds.labels.tolist()) if lab >= 0]
+    ids = [ds.ids[n] for n in labelled]
+    return {
+        "features": np.zeros((len(ids), 0)),
+        "ids": ids,
+        "labels": [ds.classes[int(ds.labels[n])] for n in labelled],
+        "splits": [split.get(i, "") for i in ids],
+    }
 
 
 def _suspects_png(path: Path, ds, rows: list[dict], score: str) -> None:

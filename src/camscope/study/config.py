@@ -27,6 +27,7 @@ class StudySource(SourceSpec):
 
 class AuditSection(_Strict):
     near_duplicates: bool = True
+    mirrors: bool = False  # also search left-right mirrored copies (about twice the search time)
     workers: int = 0
 
 
@@ -35,10 +36,22 @@ class LabelIssuesSection(_Strict):
     scores each experiment's test items without the flagged ones. Nothing is dropped."""
 
     folds: int = Field(5, ge=2)
+    # frozen: the backbone's features and a linear head; or a camscope model trained per fold
+    model: str = "frozen"
+    epochs: float | None = Field(None, gt=0)  # trained folds: epochs per fold
+    train: dict = Field(default_factory=dict)  # trained folds: more training options
     backbone: str = "tf_efficientnet_lite0"
     weights: str | None = "imagenet"
     score: Literal["normalized_margin", "self_confidence"] = "normalized_margin"
     min_side: int = Field(96, ge=1)
+
+    @model_validator(mode="after")
+    def _trained_options(self) -> LabelIssuesSection:
+        if self.model == "frozen" and (self.epochs is not None or self.train):
+            raise ValueError(
+                "epochs and train apply to a model trained per fold: add model: fastnet, or drop them"
+            )
+        return self
 
 
 class DropLabelIssues(_Strict):

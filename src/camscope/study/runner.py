@@ -280,15 +280,24 @@ class StudyRun:
         return {"items": len(src), "description": src.description}
 
     def _audit(self) -> dict:
-        from camscope.data.audit import AuditConfig, audit, write_audit
+        from camscope.data.audit import SCAN_CACHE, AuditConfig, audit, write_audit
+        from camscope.data.neardup import NearDupParams
+        from camscope.data.scan_cache import clear_scan_cache
         from camscope.report.thumbnails import problem_thumbnails
 
         src = self.open_source()
+        cache = self.audit_path.parent / SCAN_CACHE  # a killed study resumes its audit from it
         report = audit(
             src,
-            AuditConfig(near_duplicates=self.study.audit.near_duplicates, workers=self.study.audit.workers),
+            AuditConfig(
+                near_duplicates=self.study.audit.near_duplicates,
+                neardup=NearDupParams(mirrors=self.study.audit.mirrors),
+                workers=self.study.audit.workers,
+                cache_dir=cache,
+            ),
         )
         write_audit(report, self.audit_path.parent)
+        clear_scan_cache(cache)
         problem_thumbnails(report, src, self.audit_path.parent / "thumbs")
         self.console.print(
             f"{report['n_items']} items; findings: "
@@ -534,6 +543,9 @@ class StudyRun:
         assert li is not None
         cfg = ScreenConfig(
             folds=li.folds,
+            model=li.model,
+            epochs=li.epochs,
+            train=li.train,
             backbone=li.backbone,
             weights=li.weights,
             score=li.score,

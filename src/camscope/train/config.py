@@ -130,13 +130,13 @@ class TrainConfig(BaseModel):
         return v
 
 
-def parse_model_args(items: list[str] | None) -> dict | None:
+def parse_model_args(items: list[str] | None, flag: str = "--model-arg") -> dict | None:
     """['widths=[32,64,64]', 'name=x'] -> {'widths': [32, 64, 64], 'name': 'x'} (JSON values)."""
     out = {}
     for item in items or []:
         if "=" not in item:
             raise CamscopeError(
-                f"cannot read --model-arg {item!r}", "write key=value, e.g. widths=[32,64,64]"
+                f"cannot read {flag} {item!r}", "write key=value (a JSON value), e.g. widths=[32,64,64]"
             )
         key, value = item.split("=", 1)
         try:
