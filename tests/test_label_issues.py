@@ -65,20 +65,23 @@ def test_duplicate_groups_stay_in_one_fold():
         fold_of(np.array([0] * 10 + [1] * 3), [], 5, 0)
 
 
-@pytest.fixture(scope="module")
-def noisy(tmp_path_factory):
-    """300 two-sided synthetic coins of 48 px with 5% of the labels flipped to another class."""
-    tmp = tmp_path_factory.mktemp("noisy")
-    ds = prepare(SyntheticSource(CoinSpec(n=300, size=48, seed=0)), PrepareConfig(size=48))
-    rng = np.random.default_rng(0)
-    flip = rng.choice(len(ds), size=15, replace=False)
+def _flip_and_save(ds, rng, n: int, path: Path) -> tuple[Path, set[str]]:
+    """Flip ``n`` random labels to another class; the saved file and the flipped ids."""
+    flip = rng.choice(len(ds), size=n, replace=False)
     labels = ds.labels.clone()
     for i in flip:
         labels[i] = (labels[i] + int(rng.integers(1, len(ds.classes)))) % len(ds.classes)
     ds.labels = labels
     ds.info["dataset_hash"] = dataset_hash(ds)
-    path = save_prepared(ds, tmp / "noisy.safetensors")
-    return path, {ds.ids[i] for i in flip}
+    return save_prepared(ds, path), {ds.ids[i] for i in flip}
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """300 two-sided synthetic coins of 48 px with 5% of the labels flipped to another class."""
+    tmp = tmp_path_factory.mktemp("noisy")
+    ds = prepare(SyntheticSource(CoinSpec(n=300, size=48, seed=0)), PrepareConfig(size=48))
+    return _flip_and_save(ds, np.random.default_rng(0), 15, tmp / "noisy.safetensors")
 
 
 def test_planted_flips_are_found_far_above_chance(noisy, tmp_path):
@@ -281,13 +284,7 @@ def noisy_small(tmp_path_factory):
     noise = torch.from_numpy(rng.normal(0, 30, ds.images.shape)).round().to(torch.int64)
     base = colours[ds.labels % len(colours)][:, :, None, None]
     ds.images = (base + noise).clamp(0, 255).to(torch.uint8)
-    flip = rng.choice(len(ds), size=12, replace=False)
-    labels = ds.labels.clone()
-    for i in flip:
-        labels[i] = (labels[i] + int(rng.integers(1, len(ds.classes)))) % len(ds.classes)
-    ds.labels = labels
-    ds.info["dataset_hash"] = dataset_hash(ds)
-    return save_prepared(ds, tmp / "noisy.safetensors"), {ds.ids[i] for i in flip}
+    return _flip_and_save(ds, rng, 12, tmp / "noisy.safetensors")
 
 
 def _trained_screen(path: Path, out: Path, *extra: str):
