@@ -164,7 +164,6 @@ def open_backbone(
     goes into its head. Two-sided objects prepared side by side go through it one side at a time
     (features concatenated). ``split``: a split.csv for the probes; by default a seeded stratified
     split of the dataset (no audit: duplicates are not kept together)."""
-    from camscope.data.splits import SplitConfig, make_split
     from camscope.models import build_model
     from camscope.models.registry import is_torchvision_name
 
@@ -185,12 +184,16 @@ def open_backbone(
         "preprocess": {"channels": channels},
         "weights": getattr(model, "camscope_weights", None),
     }
-    assignment = (
-        load_split(split)
-        if split
-        else {r["id"]: r["split"] for r in make_split(ds, SplitConfig(seed=0)).rows}
-    )
+    assignment = load_split(split) if split else default_split(ds)
     return Run(None, model.eval().to(device), meta, prep, device, Path(data), _dataset=ds, _split=assignment)
+
+
+def default_split(ds: PreparedDataset) -> dict[str, str]:
+    """Item id -> split of a seeded stratified split (seed 0, no audit: duplicates are not kept
+    together): what a backbone or a label screen without a run reports as an item's split."""
+    from camscope.data.splits import SplitConfig, make_split
+
+    return {r["id"]: r["split"] for r in make_split(ds, SplitConfig(seed=0)).rows}
 
 
 def prepared_for_run(run: str | Path, data: str | Path | None) -> Path:

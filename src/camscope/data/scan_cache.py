@@ -130,18 +130,19 @@ def _unpack(z: dict[str, np.ndarray], record_type, quality_type) -> list:
         q = None
         if z["has_quality"][i]:
             q = quality_type(**{name: float(v) for name, v in zip(qnames, z["quality"][i], strict=True)})
+        has_thumb = bool(z["has_thumb"][i])
         out.append(
             record_type(
-                key,
-                int(z["nbytes"][i]),
-                str(z["digest"][i]) or None,
-                int(z["size"][i, 0]),
-                int(z["size"][i, 1]),
-                bool(z["gray"][i]),
-                (kind, detail) if kind else None,
-                z["thumb"][i].copy() if z["has_thumb"][i] else None,
-                z["fine"][i].copy() if z["has_thumb"][i] else None,
-                q,
+                key=key,
+                nbytes=int(z["nbytes"][i]),
+                digest=str(z["digest"][i]) or None,
+                width=int(z["size"][i, 0]),
+                height=int(z["size"][i, 1]),
+                gray=bool(z["gray"][i]),
+                problem=(kind, detail) if kind else None,
+                thumb=z["thumb"][i].copy() if has_thumb else None,
+                fine=z["fine"][i].copy() if has_thumb else None,
+                quality=q,
             )
         )
     return out

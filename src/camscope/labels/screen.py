@@ -29,7 +29,7 @@ from camscope.labels.confident import SCORES, find_issues, quality, suggested
 from camscope.labels.trained import FROZEN, fold_config, fold_models, trained_out_of_fold
 from camscope.probes.features import extract
 from camscope.progress import make_progress
-from camscope.runs import DEFAULT_BACKBONE, open_backbone
+from camscope.runs import DEFAULT_BACKBONE, default_split, open_backbone
 from camscope.utils import atomic_write_bytes, atomic_write_text, write_rows_csv
 
 
@@ -264,9 +264,7 @@ def _open(prepared, config: ScreenConfig, folder: Path) -> tuple:
 
 def _items(ds) -> dict:
     """The labelled items, as ``_features`` gives them, without features (a (N, 0) array)."""
-    from camscope.data.splits import SplitConfig, make_split
-
-    split = {r["id"]: r["split"] for r in make_split(ds, SplitConfig(seed=0)).rows}  # as open_backbone's
+    split = default_split(ds)  # as open_backbone's
     labelled = [n for n, lab in enumerate(ds.labels.tolist()) if lab >= 0]
     ids = [ds.ids[n] for n in labelled]
     return {
