@@ -165,17 +165,19 @@ def camscope_curve(root: Path, positives: dict, neg: tuple, mirrors: bool = Fals
     from dataclasses import replace
 
     import camscope.data.audit as A
-    from camscope.data.neardup import THUMB, NearDupParams, connected_groups, find_near_duplicates
+    from camscope.data.neardup import NearDupParams, connected_groups, find_near_duplicates
     from camscope.data.sources import FolderSource
 
     t = time.perf_counter()
     a = A._Audit(FolderSource(root), A.AuditConfig())
-    a.scan()  # the audit's own scan: thumbnails as the audit makes them
+    with tempfile.TemporaryDirectory() as work:
+        a.work = Path(work)
+        a.scan()  # the audit's own scan: thumbnails as the audit makes them
+        good = a.good
+        rows = np.array([a.row[r.key] for r in good], dtype=np.int64)
+        thumbs, fine = a.thumbs[rows], a.fine[rows]
     scan_s = time.perf_counter() - t
-    good = a.good
-    thumbs = np.stack([r.thumb for r in good])
-    fine = np.stack([r.fine for r in good])
-    has_fine = np.array([min(r.width, r.height) >= 2 * THUMB for r in good])
+    has_fine = np.array([r.has_fine for r in good])
     keys = [a.disp(r.key) for r in good]
     base = NearDupParams(mirrors=mirrors)
     finder = "camscope (mirrors)" if mirrors else "camscope"

@@ -156,6 +156,14 @@ def audit(
         bool,
         typer.Option("--mirrors", help="also find left-right mirrored copies (about 2x the search time)"),
     ] = False,
+    index: Annotated[
+        str,
+        typer.Option(
+            "--index",
+            help="near-duplicate neighbour search: exact (every pair; slow beyond ~100k images), "
+            "faiss (an approximate index), or auto (exact up to 100,000 images)",
+        ),
+    ] = "auto",
     workers: Workers = 0,
 ):
     """Find broken files, missing sides, bad labels, duplicates and near-duplicates; write audit.json."""
@@ -180,7 +188,9 @@ def audit(
     cache = Path(out) / SCAN_CACHE  # a killed audit resumes from it
     from camscope.data.neardup import NearDupParams
 
-    nd = NearDupParams(mirrors=mirrors)
+    if index not in ("auto", "exact", "faiss"):
+        raise CamscopeError(f"--index {index!r} is not a search", "use auto, exact or faiss")
+    nd = NearDupParams(mirrors=mirrors, index=index)
     report = run_audit(
         src, AuditConfig(near_duplicates=not no_near, neardup=nd, workers=workers, cache_dir=cache)
     )

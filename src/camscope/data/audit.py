@@ -8,10 +8,12 @@ is a ``Problem(kind, paths, detail, item_ids)``; nothing is fixed here, only rep
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import math
+import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -25,7 +27,7 @@ from camscope.data.imageio import ImageProblem, open_header
 from camscope.data.neardup import THUMB, NearDupParams, connected_groups, find_near_duplicates, merge_groups
 from camscope.data.parallel import parallel_map, worker_source
 from camscope.data.quality import QUALITY_KINDS, QualityParams, QualityScores, judge, measure
-from camscope.data.scan_cache import ScanCache
+from camscope.data.scan_cache import THUMB_FILES, ScanCache, ThumbFile, clear_scan_cache
 from camscope.data.sources import Problem, Source
 from camscope.utils import atomic_write_text
 
@@ -86,7 +88,7 @@ def excluded_items(report: dict, kinds) -> dict[str, str]:
 
 
 SCAN_CACHE = ".scan-cache"  # beside audit.json while an audit runs
-SCAN_VERSION = 1  # bump when _scan_one's output changes: a cached scan of another version is redone
+SCAN_VERSION = 2  # bump when _scan_one's output changes: a cached scan of another version is redone
 
 
 @dataclass
@@ -106,7 +108,7 @@ class AuditConfig:
     cache_every: int = 4096  # images per saved part (or 5 s of scanning, whichever comes first)
 
 
-@dataclass
+@dataclass(slots=True)  # a million of them: no per-instance dict
 class ImageRecord:
     key: str
     nbytes: int
@@ -115,9 +117,17 @@ class ImageRecord:
     height: int = 0
     gray: bool = False
     problem: tuple[str, str] | None = None
-    thumb: np.ndarray | None = None
-    fine: np.ndarray | None = None  # 64x64 grayscale, for the fine near-duplicate check
+    has_thumb: bool = False  # its thumbnails are in the audit's thumbnail files
     quality: QualityScores | None = None
+    # on the way from a worker only; the audit moves them into its thumbnail files
+    thumb: np.ndarray | None = None
+    fine: np.ndarray | None = None  # 64x64 grayscale (images of 64 px or more), for the fine check
+
+    @property
+    def has_fine(self) -> bool:
+        """Only an image of 64 px or more has detail a 64-px thumbnail can show; for a smaller one
+        it would be an upsampled copy of the 32-px thumbnail."""
+        return self.has_thumb and min(self.width, self.height) >= 2 * THUMB
 
 
 def _scan_one(source: Source, key: str) -> ImageRecord:
@@ -151,8 +161,12 @@ def _scan_one(source: Source, key: str) -> ImageRecord:
     arr = np.asarray(small, dtype=np.int16)
     gray = img.mode == "L" or float(np.percentile(arr.max(2) - arr.min(2), 99)) <= 6
     thumb = np.asarray(small.convert("L"))
-    fine = np.asarray(rgb.convert("L").resize((2 * THUMB, 2 * THUMB), Image.BILINEAR, reducing_gap=2.0))
-    return ImageRecord(key, nbytes, digest, w, h, gray, None, thumb, fine, measure(rgb))
+    rec = ImageRecord(key, nbytes, digest, w, h, gray, None, True, measure(rgb), thumb)
+    if rec.has_fine:
+        rec.fine = np.asarray(
+            rgb.convert("L").resize((2 * THUMB, 2 * THUMB), Image.BILINEAR, reducing_gap=2.0)
+        )
+    return rec
 
 
 def _scan_chunk(keys: list[str]) -> list[ImageRecord]:
@@ -170,6 +184,15 @@ def _groups_of(values: dict[str, str]) -> list[list[str]]:
 def audit(source: Source, config: AuditConfig | None = None) -> dict:
     """Audit ``source`` and return the report (the content of audit.json)."""
     a = _Audit(source, config or AuditConfig())
+    with contextlib.ExitStack() as stack:
+        if a.config.cache_dir is None:  # the thumbnails still go to disk, not to memory
+            a.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="camscope-audit-")))
+        else:
+            a.work = Path(a.config.cache_dir)
+        return _report(a, source)
+
+
+def _report(a: _Audit, source: Source) -> dict:
     a.scan()
     a.file_findings()
     exact, near, nd_info = a.duplicates()
@@ -229,6 +252,8 @@ class _Audit:
                     if i not in self.items_of.setdefault(side.key, []):
                         self.items_of[side.key].append(i)
         self.records: dict[str, ImageRecord] = {}
+        self.work: Path | None = None  # where the thumbnail files are (the scan cache, or a temporary folder)
+        self.row: dict[str, int] = {}  # image key -> its row in the thumbnail files
         self.resumed = 0  # images whose scan came from the cache of a killed audit
         self.good: list[ImageRecord] = []
         self.blank: set[str] = set()  # keys of one-colour pictures: no grayscale finding for them
@@ -249,18 +274,24 @@ class _Audit:
         """Read every image once (in worker processes): size, digest, thumbnails, or what is wrong."""
         c = self.config
         keys = list(self.side_of)
-        cache = None
+        self.row = {k: i for i, k in enumerate(keys)}
+        fp = ScanCache.fingerprint(self.source, keys, {"thumb": THUMB, "scan": SCAN_VERSION})
+        if not (self.work / THUMB_FILES[0]).is_file():  # records without their thumbnails are no use
+            clear_scan_cache(self.work)
+        cache = ScanCache(self.work, fp, c.cache_every)  # clears a cache of another source first
+        self.thumbs = ThumbFile(self.work / THUMB_FILES[0], len(keys), THUMB)
+        self.fine = ThumbFile(self.work / THUMB_FILES[1], len(keys), 2 * THUMB)
         if c.cache_dir is not None:
-            fp = ScanCache.fingerprint(self.source, keys, {"thumb": THUMB, "scan": SCAN_VERSION})
-            cache = ScanCache(c.cache_dir, fp, c.cache_every)
-            wanted = set(keys)
             for rec in cache.load(ImageRecord, QualityScores):
-                if rec.key in wanted:
+                if rec.key in self.row:
                     self.records[rec.key] = rec
             self.resumed = len(self.records)
+        else:
+            cache = None
         todo = [k for k in keys if k not in self.records]
         if todo:
             for batch in parallel_map(self.source, _scan_chunk, todo, c.workers, c.chunk, "auditing images"):
+                self._store_thumbs(batch)
                 for rec in batch:
                     self.records[rec.key] = rec
                 if cache is not None:
@@ -270,6 +301,17 @@ class _Audit:
         self.records = {k: self.records[k] for k in keys}  # the listing's order, resumed or not
         self.good = [r for r in self.records.values() if r.problem is None]
         self.t_scan = time.perf_counter() - self.t0
+
+    def _store_thumbs(self, batch: list[ImageRecord]) -> None:
+        """Thumbnails to their files (flushed before the batch's records are cached), not kept."""
+        with_thumb = [r for r in batch if r.thumb is not None]
+        if with_thumb:
+            self.thumbs.write([self.row[r.key] for r in with_thumb], np.stack([r.thumb for r in with_thumb]))
+        with_fine = [r for r in batch if r.fine is not None]
+        if with_fine:
+            self.fine.write([self.row[r.key] for r in with_fine], np.stack([r.fine for r in with_fine]))
+        for r in batch:
+            r.thumb = r.fine = None
 
     def shared_files(self) -> list[list[str]]:
         """Groups of item ids that name the same image file: one picture, so one group for the split."""
@@ -311,14 +353,16 @@ class _Audit:
             for r in self.good:
                 reps.setdefault(r.digest, r)
             rep_list = list(reps.values())
-            thumbs = np.stack([r.thumb for r in rep_list])
-            fine = np.stack([r.fine for r in rep_list])
-            has_fine = np.array([min(r.width, r.height) >= 2 * THUMB for r in rep_list])
-            res = find_near_duplicates(thumbs, self.config.neardup, fine, has_fine)
+            rows = np.array([self.row[r.key] for r in rep_list], dtype=np.int64)
+            has_fine = np.zeros(len(self.thumbs), dtype=bool)
+            has_fine[rows] = [r.has_fine for r in rep_list]
+            res = find_near_duplicates(self.thumbs, self.config.neardup, self.fine, has_fine, rows=rows)
             copies = defaultdict(list)
             for r in self.good:
                 copies[r.digest].append(r.key)
-            for g in connected_groups(len(rep_list), res.pairs):
+            position = np.full(len(self.thumbs), -1, dtype=np.int64)
+            position[rows] = np.arange(len(rows))
+            for g in connected_groups(len(rep_list), position[res.pairs]):
                 near.append(sorted(k for idx in g for k in copies[rep_list[idx].digest]))
             info.update(
                 {
@@ -326,6 +370,7 @@ class _Audit:
                     "verified_pairs": int(len(res.pairs)),
                     "mirrored_pairs": int(res.mirrored.sum()) if res.mirrored is not None else 0,
                     "flat_images_skipped": res.n_flat,
+                    "index_used": res.index,
                     "params": asdict(self.config.neardup),
                 }
             )

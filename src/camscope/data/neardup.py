@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
+from camscope.progress import track_weighted
+
 THUMB = 32
 ZOOMS = (1.12, 1.25)  # crops of about 10% and 20% of the side, scaled back up
 F32, C64 = np.float32, np.complex64
@@ -46,6 +48,12 @@ class NearDupParams:
     # left-right mirrored copies count as near-duplicates too: off by default until their
     # precision is judged (on CIFAR-10 it doubles the search time and adds 3.5 GB at peak)
     mirrors: bool = False
+    # neighbour search: "exact" compares every image with every other (time grows with N^2),
+    # "faiss" an inverted-file index (near-linear); "auto" is exact up to ``exact_limit`` images
+    index: str = "auto"
+    exact_limit: int = 100_000
+    nprobe: int = 32  # clusters of the index visited per query (recall against time)
+    chunk: int = 16384  # candidate pairs verified at a time: bounds memory, not results
 
 
 def _blur_matrix(n: int, sigma: float) -> np.ndarray:
@@ -90,6 +98,74 @@ def _top(values: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-values, k - 1, axis=1)[:, :k]
 
 
+def _fit_basis(sample: np.ndarray, n: int, dims: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and top ``dims`` principal axes of a sample of the descriptors (a seeded draw of
+    8,192 of the ``n``: _sample_rows); None when the set is too small to need a projection."""
+    if sample.shape[1] <= dims or n <= dims:
+        return None
+    mean = sample.mean(0)
+    _, _, v = np.linalg.svd(sample - mean, full_matrices=False)
+    return mean, v[:dims]
+
+
+def _sample_rows(n: int) -> np.ndarray:
+    return np.random.default_rng(0).permutation(n)[:8192]
+
+
+def _project(desc: np.ndarray, basis) -> np.ndarray:
+    if basis is None:
+        return desc
+    mean, axes = basis
+    return _unit_rows((desc - mean) @ axes.T).astype(F32)
+
+
+def _exact_neighbours(search: np.ndarray, q_search: np.ndarray, k: int, rows: int, cols: int) -> np.ndarray:
+    """Each query row's ``k`` most similar rows of ``search``, tile by tile so that a similarity
+    tile stays in cache (a full N x N block is bound by memory, not arithmetic): (N, k)."""
+    n = len(search)
+    out = np.empty((len(q_search), k), np.int64)
+    for r0 in range(0, len(q_search), rows):
+        q = q_search[r0 : r0 + rows]
+        vals, idxs = [], []
+        for c0 in range(0, n, cols):
+            sim = q @ search[c0 : c0 + cols].T
+            i_ = _top(sim, k)
+            vals.append(np.take_along_axis(sim, i_, 1))
+            idxs.append(i_ + c0)
+        v_all, i_all = np.concatenate(vals, 1), np.concatenate(idxs, 1)
+        out[r0 : r0 + len(q)] = np.take_along_axis(i_all, _top(v_all, k), 1)
+    return out
+
+
+class _Index:
+    """An inverted-file index (FAISS ``IndexIVFFlat``, inner product) over the projected
+    descriptors: each query is compared with the images of its ``nprobe`` nearest of about
+    4 sqrt(N) clusters instead of with all N. Built once, queried for plain and mirrored copies."""
+
+    def __init__(self, search: np.ndarray, nprobe: int):
+        try:
+            import faiss
+        except ImportError:
+            raise ImportError(
+                "the approximate near-duplicate search needs faiss: pip install faiss-cpu "
+                "(or set NearDupParams(index='exact'), which is slower on large sets)"
+            ) from None
+        n, d = search.shape
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+        self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        train = search[np.random.default_rng(0).permutation(n)[: 64 * nlist]]
+        self.index.train(np.ascontiguousarray(train))
+        self.index.add(np.ascontiguousarray(search))
+        self.index.nprobe = min(nprobe, nlist)
+
+    def neighbours(self, q_search: np.ndarray, k: int, rows: int = 65536) -> np.ndarray:
+        out = np.empty((len(q_search), k), np.int64)
+        for r0 in range(0, len(q_search), rows):
+            _, idx = self.index.search(np.ascontiguousarray(q_search[r0 : r0 + rows]), k)
+            out[r0 : r0 + len(idx)] = idx  # -1 where a query found fewer than k
+        return out
+
+
 def candidate_pairs(
     desc: np.ndarray,
     k: int,
@@ -99,44 +175,29 @@ def candidate_pairs(
     cols: int = 4096,
     query: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Pairs (i < j) among each row's top-k neighbours with similarity >= min_sim: (P, 2).
-
-    Neighbours are searched in a ``dims``-dimensional PCA projection, tile by tile so that a
-    similarity tile stays in cache (a full N x N block is bound by memory, not arithmetic); the
-    similarity of each found pair is then recomputed exactly on the full descriptor. With
-    ``query`` (descriptors of transformed copies of the same images, row for row), each query row
-    is searched among ``desc`` instead, and (i, j) means query i resembles image j (i != j).
-    """
-    n = desc.shape[0]
-    k = min(k + 1, n)
+    """Pairs (i < j) among each row's top-k neighbours with similarity >= min_sim: (P, 2), by
+    the exact search. With ``query`` (descriptors of transformed copies of the same images, row
+    for row), each query row is searched among ``desc`` instead, and (i, j) means query i
+    resembles image j (i != j)."""
+    n = len(desc)
+    basis = _fit_basis(desc[_sample_rows(n)], n, dims)
+    search = _project(desc, basis)
     q_all = desc if query is None else query
-    search, q_search = desc, q_all
-    if desc.shape[1] > dims and n > dims:
-        sample = desc[np.random.default_rng(0).permutation(n)[:8192]]
-        mean = sample.mean(0)
-        _, _, v = np.linalg.svd(sample - mean, full_matrices=False)
-        search = _unit_rows((desc - mean) @ v[:dims].T).astype(F32)
-        q_search = search if query is None else _unit_rows((query - mean) @ v[:dims].T).astype(F32)
-    found = []
-    for r0 in range(0, n, rows):
-        q = q_search[r0 : r0 + rows]
-        vals, idxs = [], []
-        for c0 in range(0, n, cols):
-            sim = q @ search[c0 : c0 + cols].T
-            i_ = _top(sim, k)
-            vals.append(np.take_along_axis(sim, i_, 1))
-            idxs.append(i_ + c0)
-        v_all, i_all = np.concatenate(vals, 1), np.concatenate(idxs, 1)
-        idx = np.take_along_axis(i_all, _top(v_all, k), 1)
-        r = np.broadcast_to(np.arange(r0, r0 + len(q))[:, None], idx.shape)
-        keep = idx != r
-        i, j = r[keep].astype(np.int64), idx[keep].astype(np.int64)
-        # a mirrored i resembling j is j's mirror resembling i: one unordered pair either way
-        found.append(np.minimum(i, j) * n + np.maximum(i, j))
-    code = np.unique(np.concatenate(found))  # 1-D keys sort far faster than rows
-    pairs = np.stack([code // n, code % n], 1)
+    q_search = search if query is None else _project(query, basis)
+    idx = _exact_neighbours(search, q_search, min(k + 1, n), rows, cols)
+    pairs = _pairs_of(idx, n)
     exact = (q_all[pairs[:, 0]] * desc[pairs[:, 1]]).sum(1)
     return pairs[exact >= min_sim]
+
+
+def _pairs_of(idx: np.ndarray, n: int) -> np.ndarray:
+    """Neighbour lists (row r: its neighbours' indices, -1 for none) -> unique unordered pairs."""
+    r = np.broadcast_to(np.arange(len(idx))[:, None], idx.shape)
+    keep = (idx != r) & (idx >= 0)
+    i, j = r[keep].astype(np.int64), idx[keep].astype(np.int64)
+    # a mirrored i resembling j is j's mirror resembling i: one unordered pair either way
+    code = np.unique(np.minimum(i, j) * n + np.maximum(i, j))  # 1-D keys sort far faster than rows
+    return np.stack([code // n, code % n], 1)
 
 
 def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -231,7 +292,6 @@ def verify(
     thumbs, detail = thumbs[users], detail[users]
     window = _window(thumbs.shape[-1])
     spec, dspec = _spectrum(thumbs, window), _spectrum(detail, window)
-    cspec, cdspec = spec.conj(), dspec.conj()
     plain = np.full(len(pairs), -1.0, F32)
     detail_score = np.full(len(pairs), -1.0, F32)
 
@@ -253,7 +313,7 @@ def verify(
     for s in range(0, len(pairs), chunk):
         sel = np.arange(s, min(s + chunk, len(pairs)))
         i, j = pairs[sel, 0], pairs[sel, 1]
-        consider(sel, cspec[i], spec[j], cdspec[i], dspec[j])
+        consider(sel, spec[i].conj(), spec[j], dspec[i].conj(), dspec[j])
 
     passed = (plain >= params.min_ncc) & (detail_score >= params.min_detail_ncc)
     retry = np.flatnonzero((plain >= params.crop_ncc) & ~passed)
@@ -264,12 +324,11 @@ def verify(
         for zoom in ZOOMS:
             zspec = _spectrum(_zoom_centre(thumbs[users], zoom), window)
             zdspec = _spectrum(_zoom_centre(detail[users], zoom), window)
-            czspec, czdspec = zspec.conj(), zdspec.conj()
             for s in range(0, len(retry), chunk):
                 sel = retry[s : s + chunk]
                 i, j = pairs[sel, 0], pairs[sel, 1]
-                consider(sel, cspec[i], zspec[local[j]], cdspec[i], zdspec[local[j]])
-                consider(sel, czspec[local[i]], spec[j], czdspec[local[i]], dspec[j])
+                consider(sel, spec[i].conj(), zspec[local[j]], dspec[i].conj(), zdspec[local[j]])
+                consider(sel, zspec[local[i]].conj(), spec[j], zdspec[local[i]].conj(), dspec[j])
     return plain, detail_score
 
 
@@ -281,6 +340,7 @@ class NearDupResult:
     n_candidates: int
     n_flat: int
     mirrored: np.ndarray | None = None  # (P,) bool: the first image is a left-right mirror of the second
+    index: str = "exact"  # the neighbour search used: "exact" or "faiss"
 
 
 def _detail(x: np.ndarray, sigma: float, clip: float | None = None) -> np.ndarray:
@@ -312,13 +372,90 @@ def _verify_mixed(
     return verify(stack, dstack, p, params)
 
 
+class _Rows:
+    """The informative thumbnails, read as float32 a chunk of rows at a time."""
+
+    def __init__(self, thumbs, informative: np.ndarray, side: int, chunk: int):
+        self.thumbs, self.informative, self.side, self.chunk = thumbs, informative, side, chunk
+
+    def __len__(self) -> int:
+        return len(self.informative)
+
+    def __call__(self, idx: np.ndarray, mirror: bool = False) -> np.ndarray:
+        order = np.argsort(idx, kind="stable")  # a file is read in row order
+        out = np.empty((len(idx), self.side, self.side), F32)
+        out[order] = self.thumbs[self.informative[idx[order]]]
+        return out[:, :, ::-1] if mirror else out
+
+    def projected(self, basis, mirror: bool = False) -> np.ndarray:
+        n, step = len(self), self.chunk
+        return np.concatenate(
+            [
+                _project(descriptors(self(np.arange(s, min(s + step, n)), mirror)), basis)
+                for s in range(0, n, step)
+            ]
+        )
+
+    def similar(self, pairs: np.ndarray, mirror: bool, min_sim: float) -> np.ndarray:
+        """Pairs whose full descriptors (recomputed, a chunk at a time) reach ``min_sim``; with
+        ``mirror``, the first image's mirror against the second."""
+        keep = np.zeros(len(pairs), dtype=bool)
+        for s in range(0, len(pairs), self.chunk):
+            p = pairs[s : s + self.chunk]
+            users, inv = np.unique(p, return_inverse=True)
+            inv = inv.reshape(p.shape)
+            d = descriptors(self(users))
+            q = descriptors(self(users, mirror=True)) if mirror else d
+            keep[s : s + self.chunk] = (q[inv[:, 0]] * d[inv[:, 1]]).sum(1) >= min_sim
+        return pairs[keep]
+
+
+def _candidates(rows: _Rows, params: NearDupParams) -> tuple[np.ndarray, np.ndarray, str]:
+    """Candidate pairs (P, 2) of ``rows`` positions, which of them pair a mirror, and the search used."""
+    n = len(rows)
+    basis = _fit_basis(descriptors(rows(_sample_rows(n))), n, 48)
+    search = rows.projected(basis)
+    exact = params.index == "exact" or (params.index == "auto" and n <= params.exact_limit)
+    k = min(params.neighbours + 1, n)
+    index = None if exact else _Index(search, params.nprobe)
+
+    def neighbours(q_search: np.ndarray) -> np.ndarray:
+        if index is None:
+            return _exact_neighbours(search, q_search, k, 1024, 4096)
+        return index.neighbours(q_search, k)
+
+    cand = rows.similar(_pairs_of(neighbours(search), n), False, params.candidate_sim)
+    mirrored = np.zeros(len(cand), dtype=bool)
+    if params.mirrors:
+        mcand = rows.similar(
+            _pairs_of(neighbours(rows.projected(basis, True)), n), True, params.candidate_sim
+        )
+        mirrored = np.concatenate([mirrored, np.ones(len(mcand), dtype=bool)])
+        cand = np.concatenate([cand, mcand])
+    return cand, mirrored, "exact" if exact else "faiss"
+
+
+def _informative(thumbs, rows: np.ndarray, params: NearDupParams) -> np.ndarray:
+    """The rows with enough contrast to carry evidence of identity."""
+    if not len(rows):
+        return rows
+    step = params.chunk
+    stds = [
+        thumbs[rows[s : s + step]].reshape(-1, THUMB * THUMB).astype(F32).std(1, ddof=1)
+        for s in range(0, len(rows), step)
+    ]
+    return rows[np.concatenate(stds) >= params.flat_std]
+
+
 def find_near_duplicates(
-    thumbs: np.ndarray,
+    thumbs,
     params: NearDupParams | None = None,
-    fine: np.ndarray | None = None,
+    fine=None,
     has_fine: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> NearDupResult:
-    """Verified near-duplicate pairs among ``thumbs`` ((N, 32, 32) uint8).
+    """Verified near-duplicate pairs among ``thumbs`` ((N, 32, 32) uint8: an array, or a
+    ``ThumbFile`` read a chunk of rows at a time), or among its ``rows`` only.
 
     ``fine`` ((N, 64, 64) uint8), when given, re-verifies the accepted pairs at twice the
     resolution: two coins of one type photographed alike agree at 32 px, and only their legends,
@@ -329,29 +466,27 @@ def find_near_duplicates(
     With ``params.mirrors``, left-right mirrored copies are searched too (the mirror of each
     image against the originals): to a model trained with flip augmentation a mirrored copy in
     the test set is the training image itself.
+
+    Memory is bounded by ``params.chunk``, not by N: thumbnails are read in chunks, only the
+    48-d projected descriptors (192 bytes an image) are held for all images at once, and
+    candidates are verified a chunk at a time. The pairs index ``thumbs``.
     """
     params = params or NearDupParams()
-    t = np.asarray(thumbs)
-    informative = np.flatnonzero(t.reshape(len(t), -1).astype(F32).std(1, ddof=1) >= params.flat_std)
-    n_flat = len(t) - len(informative)
+    if params.index not in ("auto", "exact", "faiss"):
+        raise ValueError(f"NearDupParams.index must be 'auto', 'exact' or 'faiss', not {params.index!r}")
+    rows = np.arange(len(thumbs)) if rows is None else np.asarray(rows, dtype=np.int64)
+    informative = _informative(thumbs, rows, params)
+    n_flat = len(rows) - len(informative)
     if len(informative) < 2:
         empty = np.empty((0, 2), np.int64)
         return NearDupResult(empty, np.empty(0), np.empty(0), 0, n_flat, np.empty(0, bool))
-    sub = t[informative].astype(F32)
-    desc = descriptors(sub)
-    cand = candidate_pairs(desc, params.neighbours, params.candidate_sim)
-    mirrored = np.zeros(len(cand), dtype=bool)
-    if params.mirrors:
-        mcand = candidate_pairs(
-            desc, params.neighbours, params.candidate_sim, query=descriptors(sub[:, :, ::-1])
-        )
-        mirrored = np.concatenate([mirrored, np.ones(len(mcand), dtype=bool)])
-        cand = np.concatenate([cand, mcand])
-    plain, detail_score = _verify_mixed(sub, _detail(sub, 1.5), cand, mirrored, params)
+    gather = _Rows(thumbs, informative, THUMB, params.chunk)
+    cand, mirrored, index = _candidates(gather, params)
+    plain, detail_score = _verify_chunks(gather, cand, mirrored, params, lambda x: _detail(x, 1.5))
     keep = (plain >= params.min_ncc) & (detail_score >= params.min_detail_ncc)
     pairs, plain, detail_score, mirrored = cand[keep], plain[keep], detail_score[keep], mirrored[keep]
     if fine is not None and len(pairs):
-        big = np.ones(len(t), dtype=bool) if has_fine is None else np.asarray(has_fine, dtype=bool)
+        big = np.ones(len(thumbs), dtype=bool) if has_fine is None else np.asarray(has_fine, dtype=bool)
         big = big[informative]
         fine_params = dataclasses.replace(
             params, max_shift=2 * params.max_shift, min_detail_ncc=params.min_fine_detail_ncc
@@ -359,9 +494,13 @@ def find_near_duplicates(
         check = big[pairs[:, 0]] & big[pairs[:, 1]]
         fplain, fdetail = np.empty(0, F32), np.empty(0, F32)
         if check.any():
-            f = np.asarray(fine)[informative].astype(F32)
-            fdet = _detail(f, 1.5, params.fine_clip)
-            fplain, fdetail = _verify_mixed(f, fdet, pairs[check], mirrored[check], fine_params)
+            fplain, fdetail = _verify_chunks(
+                _Rows(fine, informative, 2 * THUMB, params.chunk),
+                pairs[check],
+                mirrored[check],
+                fine_params,
+                lambda x: _detail(x, 1.5, params.fine_clip),
+            )
         ok = np.ones(len(pairs), dtype=bool)
         ok[check] = (fplain >= fine_params.min_ncc) & (fdetail >= fine_params.min_detail_ncc)
         detail_score[check] = np.minimum(detail_score[check], fdetail)
@@ -372,8 +511,29 @@ def find_near_duplicates(
     first = np.ones(len(pairs), dtype=bool)
     first[1:] = (pairs[1:] != pairs[:-1]).any(1)
     return NearDupResult(
-        informative[pairs[first]], plain[first], detail_score[first], len(cand), n_flat, mirrored[first]
+        informative[pairs[first]],
+        plain[first],
+        detail_score[first],
+        len(cand),
+        n_flat,
+        mirrored[first],
+        index,
     )
+
+
+def _verify_chunks(gather, pairs: np.ndarray, mirrored: np.ndarray, params: NearDupParams, detail_of):
+    """``_verify_mixed`` a chunk of pairs at a time, with only the images that chunk uses."""
+    plain = np.empty(len(pairs), F32)
+    detail = np.empty(len(pairs), F32)
+    starts = ((min(params.chunk, len(pairs) - s), s) for s in range(0, len(pairs), params.chunk))
+    for s in track_weighted(starts, len(pairs), "verifying near-duplicate candidates"):
+        p = pairs[s : s + params.chunk]
+        users, inv = np.unique(p, return_inverse=True)
+        imgs = gather(users)
+        plain[s : s + len(p)], detail[s : s + len(p)] = _verify_mixed(
+            imgs, detail_of(imgs), inv.reshape(p.shape), mirrored[s : s + len(p)], params
+        )
+    return plain, detail
 
 
 def connected_groups(n: int, pairs: np.ndarray) -> list[list[int]]:

@@ -1,8 +1,9 @@
 """The audit's scan results on disk as they come, so a killed audit resumes instead of reading
 every image again (a large folder's scan is most of an audit's time).
 
-Records are packed into arrays (thumbnails as uint8 blocks, scores as columns) and written in
-parts of a few thousand, each part atomically; a part is either whole or absent. The cache is
+Thumbnails go into fixed-size row files (``ThumbFile``: row i is the listing's i-th image), and
+the rest of each record (sizes, digests, scores as columns) into parts of a few thousand, each
+written atomically after its thumbnails are flushed; a part is either whole or absent. The cache is
 tied to one source and one version of the scan (a fingerprint file); anything else in the
 folder is discarded. The audit removes it once audit.json is written. It assumes the files do
 not change between the kill and the resume (a file edited in between keeps its old scan).
@@ -24,6 +25,48 @@ from camscope import __version__
 from camscope.utils import atomic_write_bytes, atomic_write_text
 
 FINGERPRINT = "fingerprint.json"
+THUMB_FILES = ("thumbs-32.u8", "fine-64.u8")
+
+
+class ThumbFile:
+    """(N, side, side) uint8 thumbnails in a file, row i for image i, written and read by row.
+
+    The file is mapped only for the duration of one read or write: pages of a mapping stay in
+    the process's resident memory while it lives, so a long-lived map of a million thumbnails
+    would count 1-4 GB against the audit. Unwritten rows read as zeros (a sparse file: rows
+    never written, such as the 64-px rows of small images, take no disk space).
+    """
+
+    def __init__(self, path: str | Path, n: int, side: int):
+        self.path, self.shape = Path(path), (n, side, side)
+        size = n * side * side
+        if not self.path.is_file() or self.path.stat().st_size != size:
+            with open(self.path, "wb") as f:
+                f.truncate(size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _map(self, mode: str) -> np.memmap | np.ndarray:
+        if self.shape[0] == 0:
+            return np.zeros(self.shape, np.uint8)
+        return np.memmap(self.path, np.uint8, mode, shape=self.shape)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        m = self._map("r")
+        try:
+            return np.array(m[idx])
+        finally:
+            del m
+
+    def write(self, rows, values: np.ndarray) -> None:
+        m = self._map("r+")
+        try:
+            m[rows] = values
+            if isinstance(m, np.memmap):
+                m.flush()
+        finally:
+            del m
 
 
 class ScanCache:
@@ -85,7 +128,12 @@ def clear_scan_cache(folder: str | Path) -> None:
     p = Path(folder)
     if not p.is_dir():
         return
-    for f in [*p.glob("part-*.npz"), *p.glob("part-*.npz.tmp*"), p / FINGERPRINT]:
+    for f in [
+        *p.glob("part-*.npz"),
+        *p.glob("part-*.npz.tmp*"),
+        p / FINGERPRINT,
+        *(p / t for t in THUMB_FILES),
+    ]:
         f.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         p.rmdir()
@@ -93,14 +141,9 @@ def clear_scan_cache(folder: str | Path) -> None:
 
 def _pack(records: list) -> dict[str, np.ndarray]:
     n = len(records)
-    shaped = next((r for r in records if r.thumb is not None), None)
-    thumb = np.zeros((n, *(shaped.thumb.shape if shaped else (1, 1))), np.uint8)
-    fine = np.zeros((n, *(shaped.fine.shape if shaped else (1, 1))), np.uint8)
     qnames = None
     quality = None
     for i, r in enumerate(records):
-        if r.thumb is not None:
-            thumb[i], fine[i] = r.thumb, r.fine
         if r.quality is not None:
             if qnames is None:
                 qnames = [f.name for f in fields(r.quality)]
@@ -113,10 +156,8 @@ def _pack(records: list) -> dict[str, np.ndarray]:
         "size": np.array([(r.width, r.height) for r in records], np.int64).reshape(n, 2),
         "gray": np.array([r.gray for r in records], bool),
         "problem": np.array([r.problem or ("", "") for r in records], dtype=str).reshape(n, 2),
-        "has_thumb": np.array([r.thumb is not None for r in records], bool),
+        "has_thumb": np.array([r.has_thumb for r in records], bool),
         "has_quality": np.array([r.quality is not None for r in records], bool),
-        "thumb": thumb,
-        "fine": fine,
         "quality_names": np.array(qnames or [], dtype=str),
         "quality": quality if quality is not None else np.zeros((n, 0)),
     }
@@ -130,7 +171,6 @@ def _unpack(z: dict[str, np.ndarray], record_type, quality_type) -> list:
         q = None
         if z["has_quality"][i]:
             q = quality_type(**{name: float(v) for name, v in zip(qnames, z["quality"][i], strict=True)})
-        has_thumb = bool(z["has_thumb"][i])
         out.append(
             record_type(
                 key=key,
@@ -140,8 +180,7 @@ def _unpack(z: dict[str, np.ndarray], record_type, quality_type) -> list:
                 height=int(z["size"][i, 1]),
                 gray=bool(z["gray"][i]),
                 problem=(kind, detail) if kind else None,
-                thumb=z["thumb"][i].copy() if has_thumb else None,
-                fine=z["fine"][i].copy() if has_thumb else None,
+                has_thumb=bool(z["has_thumb"][i]),
                 quality=q,
             )
         )
