@@ -161,7 +161,7 @@ def audit(
         typer.Option(
             "--index",
             help="near-duplicate neighbour search: exact (every pair; slow beyond ~100k images), "
-            "faiss (an approximate index), or auto (exact up to 100,000 images)",
+            "faiss (an approximate index), or auto (exact up to 50,000 images)",
         ),
     ] = "auto",
     workers: Workers = 0,

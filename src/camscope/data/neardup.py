@@ -51,7 +51,7 @@ class NearDupParams:
     # neighbour search: "exact" compares every image with every other (time grows with N^2),
     # "faiss" an inverted-file index (near-linear); "auto" is exact up to ``exact_limit`` images
     index: str = "auto"
-    exact_limit: int = 100_000
+    exact_limit: int = 50_000
     nprobe: int = 32  # clusters of the index visited per query (recall against time)
     chunk: int = 16384  # candidate pairs verified at a time: bounds memory, not results
 
