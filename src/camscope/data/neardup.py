@@ -3,7 +3,8 @@
 Two stages on 32x32 grayscale thumbnails:
 
 1. *Candidates*: each thumbnail is blurred and pooled to 16x16, centred and L2-normalised; a
-   blocked matrix product finds every image's nearest neighbours (cosine similarity). Blurring
+   blocked matrix product (or, on large sets, a FAISS inverted-file index) finds every image's
+   nearest neighbours (cosine similarity in a 48-d PCA projection). Blurring
    makes the descriptor tolerant to small shifts, crops and rescaling; centring and normalising
    make it blind to brightness and contrast changes; grayscale makes it blind to recolouring.
 2. *Verification*: a candidate pair is kept only if, at the best of a few small shifts, the
@@ -164,30 +165,6 @@ class _Index:
             _, idx = self.index.search(np.ascontiguousarray(q_search[r0 : r0 + rows]), k)
             out[r0 : r0 + len(idx)] = idx  # -1 where a query found fewer than k
         return out
-
-
-def candidate_pairs(
-    desc: np.ndarray,
-    k: int,
-    min_sim: float,
-    dims: int = 48,
-    rows: int = 1024,
-    cols: int = 4096,
-    query: np.ndarray | None = None,
-) -> np.ndarray:
-    """Pairs (i < j) among each row's top-k neighbours with similarity >= min_sim: (P, 2), by
-    the exact search. With ``query`` (descriptors of transformed copies of the same images, row
-    for row), each query row is searched among ``desc`` instead, and (i, j) means query i
-    resembles image j (i != j)."""
-    n = len(desc)
-    basis = _fit_basis(desc[_sample_rows(n)], n, dims)
-    search = _project(desc, basis)
-    q_all = desc if query is None else query
-    q_search = search if query is None else _project(query, basis)
-    idx = _exact_neighbours(search, q_search, min(k + 1, n), rows, cols)
-    pairs = _pairs_of(idx, n)
-    exact = (q_all[pairs[:, 0]] * desc[pairs[:, 1]]).sum(1)
-    return pairs[exact >= min_sim]
 
 
 def _pairs_of(idx: np.ndarray, n: int) -> np.ndarray:
