@@ -10,9 +10,10 @@ to 96 px. The sets are nested (the first 60,000 files of the 1M set are the 60k 
 links), so the planted pairs are the same at every size.
 
 Each audit is the CLI (`camscope audit DIR --out OUT`), run under /usr/bin/time -v for its peak
-resident memory (the main process; the two scan workers are forked copies and are reported
-apart). The 60k set is audited twice, with the exact neighbour search and with the FAISS index,
-so the recall of the index is measured against the exact search on the same set.
+resident memory: the largest of the audit's processes (GNU time reports the maximum over the
+process and the scan workers it reaps, not their sum; the main process is the largest). The
+60k set is audited twice, with the exact neighbour search and with the FAISS index, so the
+recall of the index is measured against the exact search on the same set.
 
     .venv/bin/python benchmarks/audit_scale.py [--sizes 60000 250000 1000000] [--root runs/bench/audit_scale]
 

@@ -275,19 +275,14 @@ class _Audit:
         c = self.config
         keys = list(self.side_of)
         self.row = {k: i for i, k in enumerate(keys)}
-        fp = ScanCache.fingerprint(self.source, keys, {"thumb": THUMB, "scan": SCAN_VERSION})
-        if not (self.work / THUMB_FILES[0]).is_file():  # records without their thumbnails are no use
-            clear_scan_cache(self.work)
-        cache = ScanCache(self.work, fp, c.cache_every)  # clears a cache of another source first
+        cache = self._open_cache(keys) if c.cache_dir is not None else None
         self.thumbs = ThumbFile(self.work / THUMB_FILES[0], len(keys), THUMB)
         self.fine = ThumbFile(self.work / THUMB_FILES[1], len(keys), 2 * THUMB)
-        if c.cache_dir is not None:
+        if cache is not None:
             for rec in cache.load(ImageRecord, QualityScores):
                 if rec.key in self.row:
                     self.records[rec.key] = rec
             self.resumed = len(self.records)
-        else:
-            cache = None
         todo = [k for k in keys if k not in self.records]
         if todo:
             for batch in parallel_map(self.source, _scan_chunk, todo, c.workers, c.chunk, "auditing images"):
@@ -302,14 +297,18 @@ class _Audit:
         self.good = [r for r in self.records.values() if r.problem is None]
         self.t_scan = time.perf_counter() - self.t0
 
+    def _open_cache(self, keys: list[str]) -> ScanCache:
+        if not (self.work / THUMB_FILES[0]).is_file():  # records without their thumbnails are no use
+            clear_scan_cache(self.work)
+        fp = ScanCache.fingerprint(self.source, keys, {"thumb": THUMB, "scan": SCAN_VERSION})
+        return ScanCache(self.work, fp, self.config.cache_every)  # clears a cache of another source first
+
     def _store_thumbs(self, batch: list[ImageRecord]) -> None:
         """Thumbnails to their files (flushed before the batch's records are cached), not kept."""
-        with_thumb = [r for r in batch if r.thumb is not None]
-        if with_thumb:
-            self.thumbs.write([self.row[r.key] for r in with_thumb], np.stack([r.thumb for r in with_thumb]))
-        with_fine = [r for r in batch if r.fine is not None]
-        if with_fine:
-            self.fine.write([self.row[r.key] for r in with_fine], np.stack([r.fine for r in with_fine]))
+        for attr, file in (("thumb", self.thumbs), ("fine", self.fine)):
+            have = [r for r in batch if getattr(r, attr) is not None]
+            if have:
+                file.write([self.row[r.key] for r in have], np.stack([getattr(r, attr) for r in have]))
         for r in batch:
             r.thumb = r.fine = None
 
