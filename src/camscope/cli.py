@@ -226,7 +226,7 @@ def prepare(
 ):
     """Decode every image once into a uint8 tensor file with labels, ids and provenance."""
     from camscope.data.audit import BAD_FILE_KINDS, excluded_items, load_audit
-    from camscope.data.prepare import PrepareConfig, save_prepared
+    from camscope.data.prepare import PrepareConfig
     from camscope.data.prepare import prepare as run_prepare
 
     src = _source(
@@ -244,8 +244,8 @@ def prepare(
     )
     exclude = excluded_items(load_audit(audit_path), BAD_FILE_KINDS) if audit_path is not None else {}
     cfg = PrepareConfig(size=size, policy=policy, channels=channels, combine=combine, workers=workers)
-    ds = run_prepare(src, cfg, exclude)
-    path = save_prepared(ds, out)
+    ds = run_prepare(src, cfg, exclude, out=out)
+    path = out
     console.print(
         f"prepared {len(ds)} items, {len(ds.classes)} classes, images {tuple(ds.images.shape)} "
         f"in {ds.info['timing_s']:.1f} s -> [bold]{path}[/]"

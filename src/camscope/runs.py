@@ -111,7 +111,7 @@ class Run:
                 f"the split has no {split!r} items of the model's classes", "pick another --split"
             )
         index = torch.tensor([r[0] for r in rows])
-        images = to_channels(ds.images[index], self.channels)
+        images = ds.rows(index, self.channels)
         return images, torch.tensor([r[1] for r in rows]), [ds.ids[int(i)] for i in index]
 
     def leak_flags(self, ids: list[str]) -> torch.Tensor:

@@ -52,8 +52,10 @@ def sweep_orphan_temps(folder: str | Path, pattern: str = ".*.camscope-*.tmp") -
     return n
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, renamed into place when complete."""
+@contextlib.contextmanager
+def atomic_writer(path: str | Path):
+    """A binary file to write ``path`` through: a temporary file in the same folder, renamed into
+    place only when the block completes (on an error it is removed and ``path`` is untouched)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a write killed by SIGKILL cannot clean up after itself: its orphan goes with the next write
@@ -66,7 +68,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     )
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -75,6 +77,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder, renamed into place when complete."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

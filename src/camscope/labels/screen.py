@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camscope.data.prepare import dataset_hash, load_prepared
+from camscope.data.prepare import dataset_hash, images_digest, load_prepared
 from camscope.data.splits import duplicate_groups
 from camscope.errors import CamscopeError
 from camscope.folders import run_folder
@@ -141,7 +141,7 @@ def _features(run, out: Path, key: str) -> dict:
     ds, split = run.dataset(), run.split()
     cache = out / "features.npz"
     labelled = (ds.labels >= 0).numpy()
-    digest = hashlib.blake2b(ds.images.numpy().tobytes(), digest_size=16)
+    digest = images_digest(ds.images)
     digest.update(json.dumps([key, ds.ids, labelled.tolist()]).encode())
     key = digest.hexdigest()
     if cache.is_file():

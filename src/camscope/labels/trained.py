@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camscope.data.channels import to_channels
 from camscope.errors import CamscopeError
 from camscope.utils import atomic_write_bytes
 
@@ -80,7 +79,7 @@ def trained_out_of_fold(
             train(cfg, data, run, resume=(run / "last.safetensors").is_file())
         model, prep, channels, tta = open_fold(run, config.device)
         index = torch.tensor([pos[i] for i, h in zip(ids, held, strict=True) if h])
-        logits = _predict(model, to_channels(ds.images[index], channels), prep, tta, config.device)
+        logits = _predict(model, ds.rows(index, channels), prep, tta, config.device)
         probs[held] = logits.softmax(1).double().numpy()
         buf = io.BytesIO()
         np.savez(buf, probs=probs[held])

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camscope.data.channels import to_channels
 from camscope.errors import CamscopeError
 from camscope.models.inference import logits_and_features
 from camscope.runs import Run
@@ -27,7 +26,7 @@ def extract(run: Run, batch: int = 256) -> dict:
     split = run.split()
     keep = [i for i, lab in enumerate(ds.labels.tolist()) if lab >= 0]
     idx = torch.tensor(keep)
-    images = to_channels(ds.images[idx], run.channels)
+    images = ds.rows(idx, run.channels)
     _, feats = logits_and_features(run.model, images, run.prep, run.head, batch, run.device)
     return {
         "features": feats.numpy().astype(np.float32),

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camscope.data.channels import to_channels
 from camscope.errors import CamscopeError
 from camscope.explain.engine import saliency_maps
 from camscope.explain.overlay import overlay
@@ -49,7 +48,7 @@ def unseen_images(run: Run, classes: list[str] | None) -> tuple[torch.Tensor, li
         raise CamscopeError("no images of an unseen class", "prepare the dataset with those classes in it")
     t = torch.tensor(idx)
     return (
-        to_channels(ds.images[t], run.channels),
+        ds.rows(t, run.channels),
         [ds.classes[int(ds.labels[i])] for i in idx],
         [ds.ids[i] for i in idx],
     )

@@ -307,11 +307,12 @@ class StudyRun:
 
     def _prepare(self, overrides: dict | None = None) -> dict:
         from camscope.data.audit import excluded_items, load_audit
-        from camscope.data.prepare import prepare, save_prepared
+        from camscope.data.prepare import prepare
 
         exclude = excluded_items(load_audit(self.audit_path), set(self.study.clean.drop))
-        ds = prepare(self.open_source(), self.prepare_config(overrides), exclude)
-        save_prepared(ds, self.prepared_path(overrides))
+        ds = prepare(
+            self.open_source(), self.prepare_config(overrides), exclude, out=self.prepared_path(overrides)
+        )
         self.console.print(
             f"{len(ds)} items prepared as {tuple(ds.images.shape)}; {len(ds.info['excluded'])} left out"
         )

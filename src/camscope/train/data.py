@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from camscope.data.channels import to_channels
 from camscope.data.prepare import PreparedDataset, dataset_hash
 from camscope.data.splits import split_digest
 from camscope.errors import CamscopeError
@@ -60,11 +59,10 @@ def select_data(ds: PreparedDataset, split: dict[str, str], channels: int | None
     tr = [i for i in tr if labels[i] >= 0]
     va = [i for i in va if labels[i] >= 0 and remap[labels[i]] >= 0]
     tr_t, va_t = torch.tensor(tr, dtype=torch.long), torch.tensor(va, dtype=torch.long)
-    images = ds.images
     return TrainData(
-        to_channels(images[tr_t], channels),
+        ds.rows(tr_t, channels),
         remap[labels[tr_t]],
-        to_channels(images[va_t], channels) if va else images[:0],
+        ds.rows(va_t, channels) if va else ds.images[:0],
         remap[labels[va_t]],
         [ds.classes[c] for c in present],
         [ds.ids[i] for i in tr],
