@@ -234,3 +234,32 @@ def test_training_and_evaluation_run_on_mapped_scratch_rows(tmp_path, monkeypatc
     r = runner.invoke(app, ["evaluate", str(run)])
     assert r.exit_code == 0, r.output
     assert (run / "eval" / "predictions.csv").read_text() == scratch
+
+
+def test_a_read_only_dataset_folder_spills_to_the_temporary_folder(noise_file, monkeypatch, tmp_path):
+    import tempfile
+
+    path, _ = noise_file
+    ds = load_prepared(path)
+    index = torch.arange(0, 300)
+    monkeypatch.setattr(rows_mod, "IN_MEMORY_BYTES", 2**20)
+    real = tempfile.TemporaryFile
+    places = []
+
+    def refuse_dataset_folder(*args, dir=None, **kw):
+        places.append(dir)
+        if dir is not None:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*args, dir=tmp_path, **kw)
+
+    monkeypatch.setattr(rows_mod.tempfile, "TemporaryFile", refuse_dataset_folder)
+    assert torch.equal(ds.rows(index), ds.images[index])
+    assert places == [path.parent, None]
+    from camscope.errors import CamscopeError
+
+    def refuse_all(*args, dir=None, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rows_mod.tempfile, "TemporaryFile", refuse_all)
+    with pytest.raises(CamscopeError, match="no folder to write"):
+        ds.rows(index)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from camscope.data.channels import to_channels
+from camscope.errors import CamscopeError
 
 IN_MEMORY_BYTES = 2**30  # a selection larger than this goes to a scratch file when it can
 BLOCK_BYTES = 64 * 2**20
@@ -36,9 +37,24 @@ def select_rows(
         return to_channels(images[index], channels)
     shape = (len(index), c, *images.shape[2:])
     # removed from the folder at once: the mapping keeps it alive, the process's end frees it
-    with tempfile.TemporaryFile(dir=scratch, prefix=".camscope-rows-") as f:
+    with _scratch_file(Path(scratch), len(index) * row) as f:
         out = np.memmap(f, dtype=np.uint8, mode="w+", shape=shape)
     step = max(1, BLOCK_BYTES // row)
     for i in range(0, len(index), step):
         out[i : i + step] = to_channels(images[index[i : i + step]], channels).numpy()
     return torch.from_numpy(out)
+
+
+def _scratch_file(folder: Path, nbytes: int):
+    """An unlinked file in ``folder`` (the prepared file's), else in the system's temporary folder
+    (a read-only dataset folder); an error says where room is needed."""
+    for where in (folder, None):
+        try:
+            return tempfile.TemporaryFile(dir=where, prefix=".camscope-rows-")
+        except OSError:
+            continue
+    raise CamscopeError(
+        f"no folder to write {nbytes / 2**30:.1f} GB of selected rows to ({folder} and the "
+        "temporary folder are not writable)",
+        "make room in the prepared file's folder, or set TMPDIR to a writable folder with room",
+    )
