@@ -36,6 +36,7 @@ from camscope.progress import track_weighted
 THUMB = 32
 # (dx, dy) on the 32-px thumbnail; the opposite shifts are the other image's search
 QUERY_SHIFTS = ((2, 0), (0, 2), (2, 2), (2, -2))
+KEEP_DESCRIPTORS = 256 * 2**20  # bytes of full descriptors (1 KB an image) held for the whole set
 MOVED_EXACT_LIMIT = 8192  # images; above, the moved searches use the index even when the plain one is exact
 ZOOMS = (1.12, 1.25)  # crops of about 10% and 20% of the side, scaled back up
 F32, C64 = np.float32, np.complex64
@@ -414,10 +415,13 @@ def _verify_mixed(
 
 
 class _Rows:
-    """The informative thumbnails, read as float32 a chunk of rows at a time."""
+    """The informative thumbnails, read as float32 a chunk of rows at a time. The full descriptors
+    of all rows are kept once computed when they fit in ``KEEP_DESCRIPTORS`` bytes (up to about
+    250,000 images); beyond, they are recomputed for each chunk of pairs."""
 
     def __init__(self, thumbs, informative: np.ndarray, side: int, chunk: int):
         self.thumbs, self.informative, self.side, self.chunk = thumbs, informative, side, chunk
+        self.kept: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.informative)
@@ -431,24 +435,32 @@ class _Rows:
     def projected(self, basis, transform=None) -> np.ndarray:
         """The projected descriptors of every row, of ``transform``ed images when given."""
         n, step = len(self), self.chunk
-        out = []
+        # a descriptor is the 16x16 pooled thumbnail, float32: 1 KB
+        keep = transform is None and self.kept is None and n * (THUMB // 2) ** 2 * 4 <= KEEP_DESCRIPTORS
+        full, out = [], []
         for s in range(0, n, step):
             x = self(np.arange(s, min(s + step, n)))
-            out.append(_project(descriptors(x if transform is None else transform(x)), basis))
+            d = descriptors(x if transform is None else transform(x))
+            out.append(_project(d, basis))
+            if keep:
+                full.append(d)
+        if keep:
+            self.kept = np.concatenate(full)
         return np.concatenate(out)
 
+    def _descriptors(self, idx: np.ndarray) -> np.ndarray:
+        return self.kept[idx] if self.kept is not None else descriptors(self(idx))
+
     def similar(self, pairs: np.ndarray, min_sim: float, transform=None) -> np.ndarray:
-        """Pairs whose full descriptors (recomputed, a chunk at a time) reach ``min_sim``; with a
+        """Pairs whose full descriptors (a chunk of pairs at a time) reach ``min_sim``; with a
         ``transform``, the first image's transformed copy against the second."""
         keep = np.zeros(len(pairs), dtype=bool)
         for s in range(0, len(pairs), self.chunk):
             p = pairs[s : s + self.chunk]
-            users, inv = np.unique(p, return_inverse=True)
-            inv = inv.reshape(p.shape)
-            x = self(users)
-            d = descriptors(x)
-            q = d if transform is None else descriptors(transform(x))
-            keep[s : s + self.chunk] = (q[inv[:, 0]] * d[inv[:, 1]]).sum(1) >= min_sim
+            first, i = np.unique(p[:, 0], return_inverse=True)
+            second, j = np.unique(p[:, 1], return_inverse=True)
+            q = self._descriptors(first) if transform is None else descriptors(transform(self(first)))
+            keep[s : s + self.chunk] = (q[i] * self._descriptors(second)[j]).sum(1) >= min_sim
         return pairs[keep]
 
 
