@@ -13,13 +13,17 @@ RULER = r"(?:Head|Bust)s? of (?:Divus )?([A-Z][a-z]+)"
 
 
 @pytest.mark.slow
-def test_cifar10_jpeg_audit_under_60s_and_prepare():
+def test_cifar10_jpeg_audit_under_75s_and_prepare():
     path = requires_shared("cifar10-jpeg.zip")
     src = FolderSource(path)
     assert len(src) == 60000 and len(src.class_names()) == 10
     t = time.perf_counter()
     report = audit(src)
-    assert time.perf_counter() - t < 60
+    # 52-56 s on a quiet machine (scan about 18 s, near-duplicates 35 s with the moved searches);
+    # this machine's speed varies by a third between hours, so the limit leaves that much room.
+    # The exact search at 60,000 images takes about 20 s longer: the index must be what auto picks.
+    assert time.perf_counter() - t < 75
+    assert report["near_duplicate_search"]["index_used"] == "faiss"
     assert report["n_readable"] == 60000
     # ciFAIR reports about 3.3% of CIFAR-10 test images with a near-duplicate: we must find some
     assert len(report["near_duplicate_groups"]) > 100
