@@ -14,7 +14,8 @@ per 32x32 JPEG; one folder per 10,000 files, which the folder source reads as a 
    kernel drops under pressure; that is what lets a file larger than RAM be read).
 
 With ``--ref REV`` the same prepare is also run by the code at that git revision (a worktree, on
-this virtual environment), alternating with the current code: the before/after of streaming.
+this virtual environment), once, right after the current code's run of the same size: the before/after
+of streaming in memory (one run each; the wall times are single runs, not a spread).
 
     .venv/bin/python benchmarks/prepare_scale.py [--sizes 250000 1000000] [--ref b7f6445 --ref-sizes 250000]
 """
