@@ -110,13 +110,12 @@ def main() -> None:
     if todo:
         more = " ..." if len(todo) > 30 else ""
         print(f"{len(todo)} sampled groups have no verdict yet (rows {todo[:30]}{more})")
-    if judged:
-        n = len(judged)
-        same, mixed = judged.count("same"), judged.count("mixed")
-        print("| groups judged | same | mixed | different | precision (same) | precision (same or mixed) |")
-        print("|---|---|---|---|---|---|")
-        diff = judged.count("different")
-        print(f"| {n} | {same} | {mixed} | {diff} | {same / n:.3f} | {(same + mixed) / n:.3f} |")
+    print("| groups | judged | same | mixed | different | precision (same) | precision (same or mixed) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, vs in (("this sample", [v for v in verdicts if v]), ("all labelled groups formed", judged)):
+        if vs:
+            n, same, mixed, diff = len(vs), vs.count("same"), vs.count("mixed"), vs.count("different")
+            print(f"| {name} | {n} | {same} | {mixed} | {diff} | {same / n:.3f} | {(same + mixed) / n:.3f} |")
 
 
 if __name__ == "__main__":

@@ -368,6 +368,7 @@ class _Audit:
                     "candidates": res.n_candidates,
                     "verified_pairs": int(len(res.pairs)),
                     "mirrored_pairs": int(res.mirrored.sum()) if res.mirrored is not None else 0,
+                    "not_distinctive_pairs": res.n_not_distinctive,
                     "flat_images_skipped": res.n_flat,
                     "index_used": res.index,
                     "params": asdict(self.config.neardup),
