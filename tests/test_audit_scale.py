@@ -3,6 +3,8 @@ the FAISS index, each against the one-pass exact search on generated coins."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -51,6 +53,24 @@ def test_the_chunked_search_finds_what_the_one_pass_search_finds(coins):
         assert _found(part) == _found(whole)
         assert part.n_candidates == whole.n_candidates
         np.testing.assert_allclose(np.sort(part.plain), np.sort(whole.plain), atol=1e-5)
+
+
+def test_pairs_taken_in_cluster_order_score_as_in_their_own_order(coins):
+    # with the index, chunks of pairs are taken in the order of the images' clusters (fewer
+    # distinct images a chunk): only the order of work may change, never a pair or a score
+    from camscope.data import neardup
+
+    thumbs, fine = coins
+    params = NearDupParams(index="faiss", mirrors=True)
+    whole = find_near_duplicates(thumbs, dataclasses.replace(params, chunk=10**6), fine)
+    part = find_near_duplicates(thumbs, dataclasses.replace(params, chunk=16), fine)
+    assert _found(part) == _found(whole) and len(whole.pairs) >= 5
+    np.testing.assert_allclose(part.plain, whole.plain, atol=1e-5)
+    np.testing.assert_allclose(part.detail, whole.detail, atol=1e-5)
+    rows = neardup._Rows(thumbs, np.arange(len(thumbs)), 32, 16)
+    cand, _, _ = neardup._candidates(rows, params)
+    order = rows.local_order(cand)
+    assert order is not None and not np.array_equal(order, np.arange(len(cand)))  # it was exercised
 
 
 def test_thumbnails_read_from_files_by_row_give_the_same_pairs(coins, tmp_path):

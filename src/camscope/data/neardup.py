@@ -190,6 +190,30 @@ class _Index:
         self.index.add(np.ascontiguousarray(search))
         self.index.nprobe = min(nprobe, nlist)
 
+    def clusters(self) -> np.ndarray:
+        """Each indexed row's cluster, numbered along a path through the clusters that steps to
+        the most similar one not yet visited, so that near numbers are near in descriptor space."""
+        import faiss
+
+        nlist = self.index.nlist
+        centres = self.index.quantizer.reconstruct_n(0, nlist)
+        sim = centres @ centres.T
+        path = np.empty(nlist, np.int64)
+        path[0] = 0
+        sim[:, 0] = -np.inf
+        for step in range(1, nlist):
+            path[step] = int(sim[path[step - 1]].argmax())
+            sim[:, path[step]] = -np.inf
+        place = np.empty(nlist, np.int64)
+        place[path] = np.arange(nlist)
+        lists = self.index.invlists
+        out = np.empty(self.index.ntotal, np.int64)
+        for c in range(nlist):
+            size = lists.list_size(c)
+            if size:
+                out[faiss.rev_swig_ptr(lists.get_ids(c), size)] = place[c]
+        return out
+
     def neighbours(
         self, q_search: np.ndarray, k: int, nprobe: int | None = None, rows: int = 65536
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -431,9 +455,19 @@ class _Rows:
     of all rows are kept once computed when they fit in ``KEEP_DESCRIPTORS`` bytes (up to about
     250,000 images); beyond, they are recomputed for each chunk of pairs."""
 
-    def __init__(self, thumbs, informative: np.ndarray, side: int, chunk: int):
+    def __init__(self, thumbs, informative: np.ndarray, side: int, chunk: int, cluster=None):
         self.thumbs, self.informative, self.side, self.chunk = thumbs, informative, side, chunk
         self.kept: np.ndarray | None = None
+        self.cluster: np.ndarray | None = cluster  # each row's cluster of the index, when there is one
+
+    def local_order(self, pairs: np.ndarray) -> np.ndarray | None:
+        """An order of ``pairs`` in which a chunk uses fewer distinct images, so fewer thumbnails
+        are read and fewer spectra computed (on CIFAR-10 about half as many): by the lower of the
+        two images' cluster numbers, then the higher. None: keep the order."""
+        if self.cluster is None or len(pairs) <= self.chunk:
+            return None
+        a, b = self.cluster[pairs[:, 0]], self.cluster[pairs[:, 1]]
+        return np.lexsort((np.maximum(a, b), np.minimum(a, b)))
 
     def __len__(self) -> int:
         return len(self.informative)
@@ -467,13 +501,17 @@ class _Rows:
     def similar(self, pairs: np.ndarray, min_sim: float, transform=None) -> np.ndarray:
         """Pairs whose full descriptors (a chunk of pairs at a time) reach ``min_sim``; with a
         ``transform``, the first image's transformed copy against the second."""
+        order = self.local_order(pairs)
+        ordered = pairs if order is None else pairs[order]
         keep = np.zeros(len(pairs), dtype=bool)
         for s in range(0, len(pairs), self.chunk):
-            p = pairs[s : s + self.chunk]
+            p = ordered[s : s + self.chunk]
             first, i = np.unique(p[:, 0], return_inverse=True)
             second, j = np.unique(p[:, 1], return_inverse=True)
             q = self.descriptors(first) if transform is None else descriptors(transform(self(first)))
             keep[s : s + self.chunk] = (q[i] * self.descriptors(second)[j]).sum(1) >= min_sim
+        if order is not None:
+            keep[order] = keep.copy()
         return pairs[keep]
 
 
@@ -496,6 +534,8 @@ class _Search:
         self.moved_index = self.index
         if self.index is None and n > MOVED_EXACT_LIMIT:
             self.moved_index = _Index(self.search, params.nprobe)
+        if self.moved_index is not None:
+            rows.cluster = self.moved_index.clusters()
 
     def neighbours(
         self, q_search: np.ndarray, k: int, nprobe: int | None = None, moved: bool = False
@@ -674,7 +714,7 @@ def find_near_duplicates(
         fplain, fdetail = np.empty(0, F32), np.empty(0, F32)
         if check.any():
             fplain, fdetail = _verify_chunks(
-                _Rows(fine, informative, 2 * THUMB, params.chunk),
+                _Rows(fine, informative, 2 * THUMB, params.chunk, gather.cluster),
                 pairs[check],
                 mirrored[check],
                 fine_params,
@@ -714,6 +754,9 @@ def _verify_chunks(
     what: str = "candidates",
 ):
     """``_verify_mixed`` a chunk of pairs at a time, with only the images that chunk uses."""
+    order = gather.local_order(pairs)
+    if order is not None:
+        pairs, mirrored = pairs[order], mirrored[order]
     plain = np.empty(len(pairs), F32)
     detail = np.empty(len(pairs), F32)
     starts = ((min(params.chunk, len(pairs) - s), s) for s in range(0, len(pairs), params.chunk))
@@ -724,6 +767,8 @@ def _verify_chunks(
         plain[s : s + len(p)], detail[s : s + len(p)] = _verify_mixed(
             imgs, detail_of(imgs), inv.reshape(p.shape), mirrored[s : s + len(p)], params
         )
+    if order is not None:
+        plain[order], detail[order] = plain.copy(), detail.copy()
     return plain, detail
 
 
