@@ -5,7 +5,8 @@ costs and what verifying in cluster order saves, each variant in a fresh process
 
 The thumbnails are made once as the audit makes them (32x32 grayscale of each JPEG) and kept in
 runs/bench/neardup_speed/thumbs.npy. Variants:
-- ``session 27``: no distinctiveness test, pairs verified in the order they were found;
+- ``no test, found order``: as before session 28, no distinctiveness test, pairs verified in the
+  order they were found;
 - ``test, found order``: the test, pairs in found order;
 - ``test, cluster order``: the current default.
 Prints a table of wall seconds per round and the verified pairs (equal for the last two).
@@ -26,7 +27,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 ZIP = ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
-VARIANTS = ("session 27", "test, found order", "test, cluster order")
+VARIANTS = ("no test, found order", "test, found order", "test, cluster order")
 
 CHILD = """
 import json, sys, time
@@ -35,7 +36,7 @@ from camscope.data import neardup as nd
 variant, path = sys.argv[1], sys.argv[2]
 if variant != "test, cluster order":
     nd._Rows.local_order = lambda self, pairs: None
-params = nd.NearDupParams(distinct_z=0.0) if variant == "session 27" else nd.NearDupParams()
+params = nd.NearDupParams(distinct_z=0.0) if variant.startswith("no test") else nd.NearDupParams()
 thumbs = np.load(path, mmap_mode="r")
 t = time.perf_counter()
 res = nd.find_near_duplicates(thumbs, params)

@@ -726,7 +726,7 @@ def find_near_duplicates(
         small = ~check[ok]
         pairs, plain, detail_score, mirrored = pairs[ok], plain[ok], detail_score[ok], mirrored[ok]
     ok = _distinctive(gather, found, pairs, plain, small, params)
-    n_common = int((~ok).sum())
+    n_ordinary = int((~ok).sum())
     pairs, plain, detail_score, mirrored = pairs[ok], plain[ok], detail_score[ok], mirrored[ok]
     # a pair found both plainly and mirrored (a symmetric picture) is one pair: the plain one
     order = np.lexsort((mirrored, pairs[:, 1], pairs[:, 0]))
@@ -741,7 +741,7 @@ def find_near_duplicates(
         n_flat,
         mirrored[first],
         "exact" if found.exact else "faiss",
-        n_common,
+        n_ordinary,
     )
 
 
