@@ -28,7 +28,7 @@ def test_cifar10_jpeg_audit_under_75s_and_prepare():
     # ciFAIR reports about 3.3% of CIFAR-10 test images with a near-duplicate: we must find some
     assert len(report["near_duplicate_groups"]) > 100
     # look-alike silhouettes on plain skies no longer chain into one group of 215 (the largest
-    # left is 89 recoloured copies of one car advert); 461 pairs are dropped as ordinary
+    # left is 89 pictures of one white car in one pose); 461 pairs are dropped as ordinary
     assert max(map(len, report["near_duplicate_groups"])) < 150
     assert report["near_duplicate_search"]["not_distinctive_pairs"] > 200
     ds = prepare(src, PrepareConfig(size=32))

@@ -245,17 +245,16 @@ def prepare(
     exclude = excluded_items(load_audit(audit_path), BAD_FILE_KINDS) if audit_path is not None else {}
     cfg = PrepareConfig(size=size, policy=policy, channels=channels, combine=combine, workers=workers)
     ds = run_prepare(src, cfg, exclude, out=out)
-    path = out
     console.print(
         f"prepared {len(ds)} items, {len(ds.classes)} classes, images {tuple(ds.images.shape)} "
-        f"in {ds.info['timing_s']:.1f} s -> [bold]{path}[/]"
+        f"in {ds.info['timing_s']:.1f} s -> [bold]{out}[/]"
     )
     if ds.info["excluded"]:
         console.print(f"[yellow]{len(ds.info['excluded'])} item(s) left out[/]:")
         for e in ds.info["excluded"][:10]:
             console.print(f"  {e['id']}: {e['reason']}")
         if len(ds.info["excluded"]) > 10:
-            console.print(f"  ... and {len(ds.info['excluded']) - 10} more (see `camscope info {path}`)")
+            console.print(f"  ... and {len(ds.info['excluded']) - 10} more (see `camscope info {out}`)")
 
 
 @app.command()

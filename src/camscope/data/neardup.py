@@ -598,7 +598,7 @@ def _distinctive(
     image is ordinary for it. A pair is kept when, for both images, its correlation lies at least
     ``distinct_z`` standard deviations above the image's correlations with its
     ``distinct_neighbours`` nearest images that it is not paired with. Many variants of one
-    photo (dozens of recoloured copies of one car advert) would set each other's background: a
+    photo (CIFAR-10 holds about 90 pictures of one white car in one pose) would set each other's background: a
     pair whose images share ``distinct_support`` or more verified partners is kept untested.
     """
     keep = np.ones(len(pairs), dtype=bool)
