@@ -252,3 +252,13 @@ def test_an_audit_killed_by_sigkill_resumes(tmp_path):
     report = json.loads((out / "audit.json").read_text())
     assert report["resumed_images"] > 0
     assert _comparable(report) == _comparable(json.loads((ref / "audit.json").read_text()))
+
+
+def test_the_grey_test_percentile_is_numpys():
+    from camscope.data.audit import _percentile_99
+
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 7, 1024, 3000):
+        for _ in range(50):
+            x = rng.integers(0, rng.integers(1, 40), n).astype(np.int16)
+            assert _percentile_99(x) == float(np.percentile(x, 99))

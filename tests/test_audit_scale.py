@@ -73,6 +73,42 @@ def test_pairs_taken_in_cluster_order_score_as_in_their_own_order(coins):
     assert order is not None and not np.array_equal(order, np.arange(len(cand)))  # it was exercised
 
 
+def test_work_done_a_block_at_a_time_gives_the_pairs_and_scores_of_one_pass(coins, monkeypatch):
+    # the operators, spectra and shift scores run a block of images or pairs at a time (memory
+    # traffic, not arithmetic, bounds them): blocks of 7 against one block must agree
+    from camscope.data import neardup
+
+    thumbs, fine = coins
+    params = NearDupParams(mirrors=True)
+    monkeypatch.setattr(neardup, "VERIFY_BLOCK", 10**6)
+    whole = find_near_duplicates(thumbs, params, fine)
+    x = thumbs[:40].astype(np.float32)
+    m = neardup._blur_matrix(32, 1.5)
+    spec_whole = neardup._spectrum(x, neardup._window())
+    monkeypatch.setattr(neardup, "VERIFY_BLOCK", 7)
+    np.testing.assert_allclose(neardup._apply(m, x), m @ x @ m.T, atol=1e-3)
+    np.testing.assert_allclose(neardup._spectrum(x, neardup._window()), spec_whole, atol=1e-5)
+    part = find_near_duplicates(thumbs, params, fine)
+    assert _found(part) == _found(whole) and len(whole.pairs) >= 5
+    np.testing.assert_allclose(part.plain, whole.plain, atol=1e-5)
+    np.testing.assert_allclose(part.detail, whole.detail, atol=1e-5)
+
+
+def test_queries_taken_in_cluster_order_find_the_neighbours_of_their_own_order():
+    from camscope.data import neardup
+
+    rng = np.random.default_rng(3)
+    search = neardup._unit_rows(rng.standard_normal((4000, 48)).astype(np.float32))
+    index = neardup._Index(search, nprobe=4)
+    queries = neardup._unit_rows(search[:900] + 0.05 * rng.standard_normal((900, 48)).astype(np.float32))
+    order = rng.permutation(900)
+    plain = index.neighbours(queries, 5, rows=128)
+    ordered = index.neighbours(queries, 5, order=order, rows=128)  # several batches, each out of order
+    np.testing.assert_array_equal(ordered[1], plain[1])
+    np.testing.assert_allclose(ordered[0], plain[0])
+    assert (plain[1][:, 0] == np.arange(900)).mean() > 0.9  # each query finds its own image first
+
+
 def test_thumbnails_read_from_files_by_row_give_the_same_pairs(coins, tmp_path):
     """As the audit runs it: thumbnails in row files, only some rows searched (one per digest)."""
     thumbs, fine = coins

@@ -105,3 +105,14 @@ def test_quality_needs_no_labels_or_csv(tmp_path, coins):
     report = audit(FolderSource(tmp_path))
     dark = [p for p in report["problems"] if p["kind"] == "dark"]
     assert [p["paths"] for p in dark] == [["a/night.png"]]
+
+
+def test_sharpness_blurs_as_scipys_gaussian_filter_does():
+    # measure() applies the 5-tap kernel itself (computed once); it must stay scipy's filter
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(5)
+    img = Image.fromarray(rng.integers(0, 256, (40, 57), dtype=np.uint8))
+    g = np.asarray(img).astype(np.float32)
+    expected = float((g - gaussian_filter(g, 1.0, mode="nearest", truncate=2.0)).std()) / float(g.std())
+    assert measure(img).sharpness == expected

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from camscope import __version__
-from camscope.data.imageio import ImageProblem, open_header
+from camscope.data.imageio import ImageProblem, decode, open_header
 from camscope.data.neardup import THUMB, NearDupParams, connected_groups, find_near_duplicates, merge_groups
 from camscope.data.parallel import parallel_map, worker_source
 from camscope.data.quality import QUALITY_KINDS, QualityParams, QualityScores, judge, measure
@@ -130,6 +130,17 @@ class ImageRecord:
         return self.has_thumb and min(self.width, self.height) >= 2 * THUMB
 
 
+def _percentile_99(x: np.ndarray) -> float:
+    """np.percentile(x, 99) (linear interpolation) from two order statistics: a tenth of its cost."""
+    v = x.ravel()
+    pos = 0.99 * (len(v) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    part = np.partition(v, [lo, hi])
+    a, b, t = float(part[lo]), float(part[hi]), pos - lo
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t  # numpy's rounding
+
+
 def _scan_one(source: Source, key: str) -> ImageRecord:
     try:
         raw = source.fetch(key)
@@ -153,13 +164,13 @@ def _scan_one(source: Source, key: str) -> ImageRecord:
                     w, h = h, w
             except Exception:  # noqa: BLE001 - a broken EXIF block is not our concern here
                 pass
-            img = source.load(key, draft=(4 * THUMB, 4 * THUMB))
+            img = decode(raw, source.max_pixels, (4 * THUMB, 4 * THUMB), header=hdr)  # read and parsed once
         except ImageProblem as e:
             return ImageRecord(key, nbytes, digest, problem=(e.kind, e.detail))
     rgb = img.convert("RGB")
     small = rgb.resize((THUMB, THUMB), Image.BILINEAR, reducing_gap=2.0)
     arr = np.asarray(small, dtype=np.int16)
-    gray = img.mode == "L" or float(np.percentile(arr.max(2) - arr.min(2), 99)) <= 6
+    gray = img.mode == "L" or _percentile_99(arr.max(2) - arr.min(2)) <= 6
     thumb = np.asarray(small.convert("L"))
     rec = ImageRecord(key, nbytes, digest, w, h, gray, None, True, measure(rgb), thumb)
     if rec.has_fine:

@@ -103,13 +103,15 @@ def decode(
     data: bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: tuple[int, int] | None = None,
+    header: Image.Image | None = None,
 ) -> Image.Image:
     """Decode to an upright RGB or L image.
 
     ``draft`` lets JPEG decode at a reduced scale (DCT scaling) when the caller only needs about
-    that many pixels: a large photo then costs a fraction of a full decode.
+    that many pixels: a large photo then costs a fraction of a full decode. ``header``: what
+    ``open_header(data, max_pixels)`` returned, when the caller already has it (not decoded yet).
     """
-    img = open_header(data, max_pixels)
+    img = open_header(data, max_pixels) if header is None else header
     fmt = img.format
     if draft is not None and fmt == "JPEG":
         img.draft("RGB" if img.mode not in ("L", "1") else "L", draft)
