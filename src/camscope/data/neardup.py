@@ -42,8 +42,10 @@ THUMB = 32
 QUERY_SHIFTS = ((2, 0), (0, 2), (2, 2), (2, -2))
 KEEP_DESCRIPTORS = 256 * 2**20  # bytes of full descriptors (1 KB an image) held for the whole set
 MOVED_EXACT_LIMIT = 8192  # images; above, the moved searches use the index even when the plain one is exact
-ZOOMS = (1.12, 1.25)
-VERIFY_BLOCK = 1024  # crops of about 10% and 20% of the side, scaled back up
+ZOOMS = (1.12, 1.25)  # crops of about 10% and 20% of the side, scaled back up
+# images or pairs worked on at a time within a chunk: chunk-sized temporaries (70 MB of spectra
+# for 16,384 pairs) cost more than the arithmetic on them
+VERIFY_BLOCK = 1024
 F32, C64 = np.float32, np.complex64
 
 
