@@ -5,8 +5,8 @@ costs and what verifying in cluster order saves, each variant in a fresh process
 
 The thumbnails are made once as the audit makes them (32x32 grayscale of each JPEG) and kept in
 runs/bench/neardup_speed/thumbs.npy. Variants:
-- ``no test, found order``: as before session 28, no distinctiveness test, pairs verified in the
-  order they were found;
+- ``no test, found order``: the distinctiveness test off and pairs verified in the order they
+  were found (session 27's search, with the current code's other speed work);
 - ``test, found order``: the test, pairs in found order;
 - ``test, cluster order``: the current default.
 Prints a table of wall seconds per round and the verified pairs (equal for the last two).

@@ -49,6 +49,10 @@ VERIFY_BLOCK = 1024
 F32, C64 = np.float32, np.complex64
 
 
+def _blocks(n: int) -> Iterable[slice]:
+    return (slice(s, s + VERIFY_BLOCK) for s in range(0, n, VERIFY_BLOCK))
+
+
 @dataclass(frozen=True)
 class NearDupParams:
     neighbours: int = 8  # candidates per image
@@ -106,13 +110,13 @@ def _apply(m: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Apply a separable linear operator ``m`` to both axes of a batch (N, H, W)."""
     k, h = m.shape
     out = np.empty((len(x), k, k), np.result_type(m, x))
-    # a block at a time (whole-batch temporaries cost several times the arithmetic), each axis as
-    # one matrix product over the block's rows rather than a product per image
-    for s in range(0, len(x), VERIFY_BLOCK):
-        b = x[s : s + VERIFY_BLOCK]
+    # a block at a time, each axis as one matrix product over the block's rows rather than a
+    # product per image
+    for at in _blocks(len(x)):
+        b = x[at]
         rows = (b.reshape(-1, h) @ m.T).reshape(len(b), h, k)
         cols = rows.transpose(0, 2, 1).reshape(-1, h) @ m.T
-        out[s : s + len(b)] = cols.reshape(len(b), k, k).transpose(0, 2, 1)
+        out[at] = cols.reshape(len(b), k, k).transpose(0, 2, 1)
     return out
 
 
@@ -321,10 +325,10 @@ def _spectrum(x: np.ndarray, window: np.ndarray) -> np.ndarray:
     """Centred, tapered, unit-norm image -> its 2-D real FFT. The taper limits wrap-around."""
     n = x.shape[-1]
     out = np.empty((len(x), n, n // 2 + 1), C64)
-    for s in range(0, len(x), VERIFY_BLOCK):
-        b = (x[s : s + VERIFY_BLOCK] - x[s : s + VERIFY_BLOCK].mean((1, 2), keepdims=True)) * window
+    for at in _blocks(len(x)):
+        b = (x[at] - x[at].mean((1, 2), keepdims=True)) * window
         norm = np.maximum(np.linalg.norm(b.reshape(len(b), -1), axis=1), 1e-6)
-        out[s : s + VERIFY_BLOCK] = scipy.fft.rfft2(b / norm[:, None, None].astype(F32), workers=-1)
+        out[at] = scipy.fft.rfft2(b / norm[:, None, None].astype(F32), workers=-1)
     return out
 
 
@@ -373,7 +377,6 @@ def verify(
     detail: np.ndarray,
     pairs: np.ndarray,
     params: NearDupParams,
-    chunk: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores (plain, detail) of each candidate pair at its best alignment (shift and zoom).
 
@@ -384,7 +387,6 @@ def verify(
     """
     if not len(pairs):
         return np.empty(0, F32), np.empty(0, F32)
-    chunk = chunk or VERIFY_BLOCK
     # only the images some pair uses: the fine re-check looks at a few pairs of a large set
     users, inverse = np.unique(pairs, return_inverse=True)
     pairs = inverse.reshape(pairs.shape)
@@ -414,10 +416,8 @@ def verify(
         plain[sel] = np.where(take, pl, plain[sel])
         detail_score[sel] = np.where(take, de, detail_score[sel])
 
-    for s in range(0, len(pairs), chunk):
-        sel = np.arange(s, min(s + chunk, len(pairs)))
-        i, j = pairs[sel, 0], pairs[sel, 1]
-        consider(sel, spec, i, spec, j, dspec, dspec)
+    for sel in _blocks(len(pairs)):
+        consider(sel, spec, pairs[sel, 0], spec, pairs[sel, 1], dspec, dspec)
 
     passed = (plain >= params.min_ncc) & (detail_score >= params.min_detail_ncc)
     retry = np.flatnonzero((plain >= params.crop_ncc) & ~passed)
@@ -428,8 +428,8 @@ def verify(
         for zoom in ZOOMS:
             zspec = _spectrum(_zoom_centre(thumbs[users], zoom), window)
             zdspec = _spectrum(_zoom_centre(detail[users], zoom), window)
-            for s in range(0, len(retry), chunk):
-                sel = retry[s : s + chunk]
+            for at in _blocks(len(retry)):
+                sel = retry[at]
                 i, j = pairs[sel, 0], pairs[sel, 1]
                 consider(sel, spec, i, zspec, local[j], dspec, zdspec)
                 consider(sel, zspec, local[i], spec, j, zdspec, dspec)
@@ -513,11 +513,9 @@ class _Rows:
         full, out = [], []
         for s in range(0, n, step):
             x = self(np.arange(s, min(s + step, n)))
-            d = np.concatenate(  # moved a block at a time: whole-chunk temporaries cost more than the work
-                [
-                    descriptors(b if transform is None else transform(b))
-                    for b in np.array_split(x, -(-len(x) // VERIFY_BLOCK))
-                ]
+            # moved a block at a time: whole-chunk temporaries cost more than the work
+            d = np.concatenate(
+                [descriptors(x[at] if transform is None else transform(x[at])) for at in _blocks(len(x))]
             )
             out.append(_project(d, basis))
             if keep:
