@@ -380,6 +380,7 @@ class _Audit:
                     "verified_pairs": int(len(res.pairs)),
                     "mirrored_pairs": int(res.mirrored.sum()) if res.mirrored is not None else 0,
                     "not_distinctive_pairs": res.n_not_distinctive,
+                    "other_texture_pairs": res.n_other_texture,
                     "flat_images_skipped": res.n_flat,
                     "index_used": res.index,
                     "params": asdict(self.config.neardup),
