@@ -479,14 +479,22 @@ def _verify_mixed(
     images (only those used) are appended to the stack, and those pairs point at them."""
     if not mirrored.any():
         return verify(imgs, detail, pairs, params)
-    users = np.unique(pairs[mirrored, 0])
-    local = np.full(len(imgs), -1, dtype=np.int64)
-    local[users] = len(imgs) + np.arange(len(users))
-    stack = np.concatenate([imgs, imgs[users, :, ::-1]])
-    dstack = np.concatenate([detail, detail[users, :, ::-1]])
-    p = pairs.copy()
-    p[mirrored, 0] = local[pairs[mirrored, 0]]
+    flip, p = _mirrored_rows(len(imgs), pairs, mirrored)
+    stack = np.concatenate([imgs, imgs[flip, :, ::-1]])
+    dstack = np.concatenate([detail, detail[flip, :, ::-1]])
     return verify(stack, dstack, p, params)
+
+
+def _mirrored_rows(n: int, pairs: np.ndarray, mirrored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For pairs into ``n`` images whose first image is mirrored where ``mirrored`` says so: the
+    images whose mirror images are needed, and the pairs pointing at those mirror images, taken
+    to be appended after the ``n`` images in that order."""
+    flip = np.unique(pairs[mirrored, 0])
+    at = np.full(n, -1, dtype=np.int64)
+    at[flip] = n + np.arange(len(flip))
+    out = pairs.copy()
+    out[mirrored, 0] = at[pairs[mirrored, 0]]
+    return flip, out
 
 
 class _Rows:
@@ -834,13 +842,9 @@ def _texture_chunks(
         p, mir = pairs[s : s + step], mirrored[s : s + step]
         users, inv = np.unique(p, return_inverse=True)
         imgs = gather(users)
-        inv = inv.reshape(p.shape)
-        if mir.any():  # the mirrored first images, appended
-            flip = np.unique(inv[mir, 0])
-            at = np.full(len(imgs), -1, dtype=np.int64)
-            at[flip] = len(imgs) + np.arange(len(flip))
+        flip, inv = _mirrored_rows(len(imgs), inv.reshape(p.shape), mir)
+        if len(flip):
             imgs = np.concatenate([imgs, imgs[flip, :, ::-1]])
-            inv[mir, 0] = at[inv[mir, 0]]
         out[s : s + len(p)] = _texture_scores(imgs, inv, params)
     if order is not None:
         out[order] = out.copy()
