@@ -15,11 +15,13 @@ from scipy.ndimage import gaussian_filter
 from camscope.data.neardup import (
     ZOOMS,
     NearDupParams,
+    _decode_alignment,
     _detail,
     _overlap_ncc,
     _overlap_scores,
     _Overlaps,
     _Rows,
+    _texture_alignment,
     _texture_chunks,
     _texture_scores,
     _zoom_centre,
@@ -74,6 +76,22 @@ def test_overlap_scores_from_spectra_are_the_correlations_over_the_shared_part()
         want = np.stack([_overlap_ncc(x[ia], xb[ib], dx, dy) for dx, dy in moves], 1)
         np.testing.assert_allclose(got, want, atol=2e-5)
     assert _overlap_scores(a, ia[:1], a, ib[:1])[0, 24] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_alignment_found_is_the_move_and_zoom_that_made_the_copy():
+    rng = np.random.default_rng(3)
+    x = gaussian_filter(rng.normal(100, 40, (1, 40, 40)), (0, 1.2, 1.2)).astype(np.float32)
+    # two windows of one picture: a's pixel (y, x) is b's (y + 1, x - 2), so b moved by
+    # (dx, dy) = (2, -1) lies on a
+    a, b = x[:, 4:36, 4:36], x[:, 3:35, 6:38]
+    zoomed = _zoom_centre(a, ZOOMS[0])  # a's middle, scaled up: b's view of it is zoom 1
+    stack = np.concatenate([a, b, zoomed])
+    views, how = _texture_alignment(stack, np.array([[1, 0], [0, 1], [2, 0]]), 3)
+    assert len(views) == 1 + len(ZOOMS)
+    got = [_decode_alignment(int(c), len(views), 3) for c in how]
+    assert got[0] == (0, 0, -2, 1)  # the pair (b, a): a moved by (-2, 1) lies on b
+    assert got[1] == (0, 0, 2, -1)
+    assert got[2] == (0, 1, 0, 0)
 
 
 def test_the_texture_of_a_brighter_flatter_copy_is_the_same():

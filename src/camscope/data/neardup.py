@@ -796,33 +796,48 @@ def _texture_scores(imgs: np.ndarray, pairs: np.ndarray, params: NearDupParams) 
     """
     users, inv = np.unique(pairs, return_inverse=True)
     inv = inv.reshape(pairs.shape)
-    x = imgs[users].astype(F32)
+    views, how = _texture_alignment(imgs[users].astype(F32), inv, params.max_shift)
+    signs = [_texture(_detail(v, 1.5)) for v in views]
+    out = np.empty(len(pairs), F32)
+    for code in np.unique(how).tolist():
+        sel = how == code
+        za, zb, dx, dy = _decode_alignment(code, len(views), params.max_shift)
+        out[sel] = _overlap_ncc(signs[za][inv[sel, 0]], signs[zb][inv[sel, 1]], dx, dy, border=1)
+    return out
+
+
+def _texture_alignment(x: np.ndarray, inv: np.ndarray, max_shift: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The views of ``x`` (as they are, then each of ``ZOOMS``) and, for each pair of rows ``inv``
+    (P, 2), the zoom of either image and the move with the best plain correlation over the shared
+    part, as one code (``_decode_alignment``)."""
     views = [x] + [_zoom_centre(x, z) for z in ZOOMS]
-    m = params.max_shift
-    shifts = [(dx, dy) for dy in range(-m, m + 1) for dx in range(-m, m + 1)]
-    best = np.full(len(pairs), -np.inf, F32)
-    how = np.zeros(len(pairs), dtype=np.int64)  # (zoom of a, zoom of b, move) as one number
+    m = max_shift
+    n_moves = (2 * m + 1) ** 2
+    best = np.full(len(inv), -np.inf, F32)
+    how = np.zeros(len(inv), dtype=np.int64)  # (zoom of a, zoom of b, move) as one number
     plain = _Overlaps(views[0], m)
     for z in range(len(views)):
         zoomed = plain if z == 0 else _Overlaps(views[z], m)  # one zoom's spectra at a time
         for za, zb in [(0, 0)] if z == 0 else [(0, z), (z, 0)]:
             oa, ob = (plain, zoomed) if za == 0 else (zoomed, plain)
-            for at in _blocks(len(pairs)):
+            for at in _blocks(len(inv)):
                 scores = _overlap_scores(oa, inv[at, 0], ob, inv[at, 1])
                 k = scores.argmax(1)
                 top = scores[np.arange(len(k)), k]
                 better = top > best[at]
                 best[at] = np.where(better, top, best[at])
-                how[at] = np.where(better, (za * len(views) + zb) * len(shifts) + k, how[at])
-    signs = [_texture(_detail(v, 1.5)) for v in views]
-    out = np.empty(len(pairs), F32)
-    for code in np.unique(how).tolist():
-        sel = how == code
-        zoom, k = divmod(code, len(shifts))
-        za, zb = divmod(zoom, len(views))
-        dx, dy = shifts[k]
-        out[sel] = _overlap_ncc(signs[za][inv[sel, 0]], signs[zb][inv[sel, 1]], dx, dy, border=1)
-    return out
+                how[at] = np.where(better, (za * len(views) + zb) * n_moves + k, how[at])
+    return views, how
+
+
+def _decode_alignment(code: int, n_views: int, max_shift: int) -> tuple[int, int, int, int]:
+    """(view of a, view of b, dx, dy) of a ``_texture_alignment`` code, as ``_overlap_ncc`` takes
+    them: a's pixel (y, x) lies on b's (y - dy, x - dx), so b's view moved by (dx, dy) lies on a's."""
+    side = 2 * max_shift + 1
+    zoom, k = divmod(code, side * side)
+    za, zb = divmod(zoom, n_views)
+    dy, dx = divmod(k, side)
+    return za, zb, dx - max_shift, dy - max_shift
 
 
 def _texture_chunks(
