@@ -19,86 +19,20 @@ agree, and each seed's precision by either look.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import sys
-import zipfile
 from collections import Counter
 from pathlib import Path
-
-import numpy as np
-from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from neardup_review import LABELS, MAX_SHOWN, VERDICTS, ZIP, group_key, read_labels, sample_groups  # noqa: E402
-
-from camscope.data import neardup as nd  # noqa: E402
+from neardup_review import LABELS, VERDICTS, ZIP, draw_sheets, group_key, read_labels, sample_groups  # noqa: E402
 
 SECOND = ROOT / "benchmarks" / "data" / "cifar10_neardup_second_look.csv"
 SCALE = 5
 SHUFFLE_SEED = 31  # the order of the sheets: fixed, so the numbers on them stay valid
-
-
-def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(a's view, b's view moved onto it) for two RGB images (H, W, 3), at the zooms and move
-    with the best plain correlation of their grey levels; b's view is black where it is missing."""
-    rgb = np.stack([a, b]).astype(np.float32)
-    grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
-    views, how = nd._texture_alignment(grey, np.array([[0, 1]]), nd.NearDupParams().max_shift)
-    za, zb, dx, dy = nd._decode_alignment(int(how[0]), len(views), nd.NearDupParams().max_shift)
-
-    def view(img: np.ndarray, z: int) -> np.ndarray:
-        if z == 0:
-            return img
-        channels = np.moveaxis(img, -1, 0)  # each channel zoomed as an image of its own
-        return np.moveaxis(nd._zoom_centre(channels, nd.ZOOMS[z - 1]), 0, -1)
-
-    va, vb = view(rgb[0], za), view(rgb[1], zb)
-    h, w = va.shape[:2]
-    moved = np.zeros_like(vb)
-    # a's pixel (y, x) lies on b's (y - dy, x - dx) (``_overlap_ncc``)
-    moved[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = vb[
-        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return va, moved
-
-
-def draw(groups: list[list[str]], zpath: Path, out: Path, per_sheet: int = 10) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zpath) as z:
-        names = {n.split("/", 1)[1]: n for n in z.namelist() if n.endswith(".jpg")}
-
-        def load(p: str) -> np.ndarray:
-            with Image.open(io.BytesIO(z.read(names[p]))) as im:
-                return np.asarray(im.convert("RGB"))
-
-        tile, label_w = 32 * SCALE, 40
-        paths = []
-        for s in range(0, len(groups), per_sheet):
-            page = groups[s : s + per_sheet]
-            widest = max(4, min(MAX_SHOWN, max(len(g) for g in page)))
-            sheet = Image.new("RGB", (label_w + widest * (tile + 6), len(page) * (tile + 8)), "white")
-            d = ImageDraw.Draw(sheet)
-            for r, g in enumerate(page):
-                y = r * (tile + 8)
-                d.text((4, y + tile // 2), str(s + r + 1), fill="black")
-                images = [load(p) for p in g[:MAX_SHOWN]]
-                if len(g) == 2:
-                    va, moved = _aligned(*images)
-                    shared = moved.any(-1, keepdims=True)  # b's view is black where it is missing
-                    images += [moved, np.abs(va - moved) * 3 * shared]
-                elif len(g) > MAX_SHOWN:
-                    d.text((4, y + tile // 2 + 14), f"+{len(g) - MAX_SHOWN}", fill="red")
-                for c, img in enumerate(images):
-                    pic = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-                    sheet.paste(pic.resize((tile, tile), Image.BICUBIC), (label_w + c * (tile + 6), y))
-            path = out / f"sheet-{s // per_sheet + 1:02d}.png"
-            sheet.save(path)
-            paths.append(path)
-    return paths
 
 
 def compare(samples: dict[int, list[list[str]]], first: dict, second: dict) -> None:
@@ -163,7 +97,7 @@ def main() -> None:
         keys = sorted({group_key(g) for gs in samples.values() for g in gs if group_key(g) in first})
         random.Random(SHUFFLE_SEED).shuffle(keys)
         groups = [k.split() for k in keys]
-        sheets = draw(groups, args.zip, args.out)
+        sheets = draw_sheets(groups, args.zip, args.out, per_sheet=10, scale=SCALE, captions=False)
         (args.out / "key.txt").write_text("".join(k + "\n" for k in keys), encoding="utf-8")
         print(f"{len(groups)} groups on {len(sheets)} sheets in {args.out}; line n of key.txt is row n")
         return
