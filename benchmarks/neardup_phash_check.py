@@ -18,7 +18,6 @@ import argparse
 import csv
 import io
 import json
-import sys
 import time
 import zipfile
 from collections import Counter
@@ -26,13 +25,10 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
+from neardup_review import ZIP, draw_sheets
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from neardup_review import ZIP, draw_sheets  # noqa: E402
-
 LABELS = ROOT / "benchmarks" / "data" / "cifar10_phash_check.csv"
 VERDICTS = ("same", "reshot", "different")
 

@@ -21,15 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 
+from neardup_review import LABELS, VERDICTS, ZIP, draw_sheets, group_key, read_labels, sample_groups
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from neardup_review import LABELS, VERDICTS, ZIP, draw_sheets, group_key, read_labels, sample_groups  # noqa: E402
-
 SECOND = ROOT / "benchmarks" / "data" / "cifar10_neardup_second_look.csv"
 SCALE = 5
 SHUFFLE_SEED = 31  # the order of the sheets: fixed, so the numbers on them stay valid

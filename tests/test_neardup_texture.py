@@ -84,7 +84,7 @@ def test_the_alignment_found_is_the_move_and_zoom_that_made_the_copy():
     # two windows of one picture: a's pixel (y, x) is b's (y + 1, x - 2), so b moved by
     # (dx, dy) = (2, -1) lies on a
     a, b = x[:, 4:36, 4:36], x[:, 3:35, 6:38]
-    zoomed = _zoom_centre(a, ZOOMS[0])  # a's middle, scaled up: b's view of it is zoom 1
+    zoomed = _zoom_centre(a, ZOOMS[0])  # a's middle, scaled up: it lies on a's view 1 (ZOOMS[0])
     stack = np.concatenate([a, b, zoomed])
     views, how = _texture_alignment(stack, np.array([[1, 0], [0, 1], [2, 0]]), 3)
     assert len(views) == 1 + len(ZOOMS)
