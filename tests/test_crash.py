@@ -29,6 +29,26 @@ def kill_after(args: list[str], seconds: float) -> int:
     return p.returncode
 
 
+def kill_at_shares(args: list[str], took: float, shares: list[float], out: Path, check=None) -> int:
+    """Run the command once per share, SIGKILLed after that share of ``took`` (an uninterrupted
+    run's time), calling ``check`` after each; the number of runs killed. A busy machine can slow
+    the reference run until every run outlives its kill: then ``out`` is removed and it all starts
+    again with the shares halved, up to three rounds."""
+    kills = 0
+    for attempt in range(3):
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        for share in shares:
+            kills += kill_after(args, share * took * 0.5**attempt) == -signal.SIGKILL
+            if check is not None:
+                check()
+        if kills:
+            break
+    return kills
+
+
 def temp_files(root: Path) -> list[Path]:
     return list(root.rglob("*.tmp"))
 
@@ -75,18 +95,10 @@ def test_study_killed_at_random_points_resumes_to_the_same_results(study_file, t
 
     rng = random.Random(20261122)
     out = tmp_path / "killed"
-    kills = 0
-    # three kills at random moments (shares of an uninterrupted run's time; each rerun resumes, so
-    # later ones may find less work left), then let it finish. The reference may have been slowed
-    # by a busy machine, so that every run outlives its kill: then start again from nothing, with
-    # the moments halved, up to three times
-    for attempt in range(3):
-        shutil.rmtree(out, ignore_errors=True)
-        for lo, hi in ((0.3, 0.7), (0.2, 0.6), (0.2, 0.6)):
-            when = rng.uniform(lo, hi) * took * 0.5**attempt
-            kills += kill_after(["run", str(study_file), "--out", str(out)], when) == -signal.SIGKILL
-        if kills:
-            break
+    # three kills at random moments (each rerun resumes, so later ones may find less work left),
+    # then let it finish
+    shares = [rng.uniform(lo, hi) for lo, hi in ((0.3, 0.7), (0.2, 0.6), (0.2, 0.6))]
+    kills = kill_at_shares(["run", str(study_file), "--out", str(out)], took, shares, out)
     assert kills >= 1, "the study always finished before the kill: make it longer"
     finished = run_cli(["run", str(study_file), "--out", str(out)])
     assert finished.returncode == 0, finished.stderr + finished.stdout
@@ -120,10 +132,11 @@ def test_prepare_killed_leaves_nothing_half_written(tmp_path):
         a, b = load_prepared(path), load_prepared(ref)
         return a.ids == b.ids and bool((a.images == b.images).all()) and bool((a.labels == b.labels).all())
 
-    killed = 0
-    for share in (0.5, 0.8):  # of an uninterrupted run's time (start-up included)
-        killed += kill_after([*args, "--out", str(out)], share * took) == -signal.SIGKILL
-        assert not out.exists() or same_as_ref(out)  # absent or complete, never partial
+    def whole_or_absent() -> None:
+        assert not out.exists() or same_as_ref(out)  # never partial
+
+    # at shares of an uninterrupted run's time (start-up included)
+    killed = kill_at_shares([*args, "--out", str(out)], took, [0.5, 0.8], out, whole_or_absent)
     assert killed, "prepare always finished before the kill"
     assert run_cli([*args, "--out", str(out)]).returncode == 0
     assert same_as_ref(out)
@@ -144,7 +157,7 @@ def test_explain_killed_then_rerun_gives_the_same_maps(tmp_path):
     took = time.perf_counter() - t
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "out"
-    assert kill_after([*args, "--out", str(out)], 0.7 * took) == -signal.SIGKILL
+    assert kill_at_shares([*args, "--out", str(out)], took, [0.7], out) == 1
     assert run_cli([*args, "--out", str(out)]).returncode == 0
     assert not temp_files(tmp_path)
     a = load_file(tmp_path / "ref" / "scorecam_maps.safetensors")
