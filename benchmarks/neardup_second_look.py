@@ -32,8 +32,13 @@ SCALE = 5
 SHUFFLE_SEED = 31  # the order of the sheets: fixed, so the numbers on them stay valid
 
 
+def judged(samples: dict[int, list[list[str]]], first: dict) -> list[str]:
+    """The distinct groups of the samples that have a first verdict, sorted."""
+    return sorted({group_key(g) for gs in samples.values() for g in gs if group_key(g) in first})
+
+
 def compare(samples: dict[int, list[list[str]]], first: dict, second: dict) -> None:
-    keys = sorted({group_key(g) for gs in samples.values() for g in gs if group_key(g) in first})
+    keys = judged(samples, first)
     missing = [k for k in keys if k not in second]
     if missing:
         print(
@@ -91,7 +96,7 @@ def main() -> None:
             raise SystemExit(
                 f"{args.zip} not found: the sheets need the shared CIFAR-10 JPEGs (../shared/data)"
             )
-        keys = sorted({group_key(g) for gs in samples.values() for g in gs if group_key(g) in first})
+        keys = judged(samples, first)
         random.Random(SHUFFLE_SEED).shuffle(keys)
         groups = [k.split() for k in keys]
         sheets = draw_sheets(groups, args.zip, args.out, per_sheet=10, scale=SCALE, captions=False)
